@@ -1,0 +1,38 @@
+// Package authz verifies HelseID access tokens and their DPoP proofs (RFC 9068,
+// RFC 9449) and applies the gateway's token policy. It has no Caddy import: the
+// whole verification story can be read here, and tested with an injected clock.
+//
+// The order of the checks follows SPEC §3 (and reference/helseid.md §5):
+// request framing, access token, DPoP proof, token kind and user policy,
+// membership. The first failing check stops the request with an *Error that
+// says which class of failure it is (Kind) and why (Reason).
+package authz
+
+import (
+	"context"
+	"time"
+)
+
+// Clock tells the time. Verification never calls time.Now directly, so tests
+// can pin the instant a token or proof is judged at.
+type Clock interface {
+	Now() time.Time
+}
+
+// ClockFunc adapts a function to Clock.
+type ClockFunc func() time.Time
+
+// Now returns f().
+func (f ClockFunc) Now() time.Time { return f() }
+
+// SystemClock is the wall clock.
+var SystemClock Clock = ClockFunc(time.Now)
+
+// ReplayStore remembers DPoP proof identifiers for as long as a proof could be
+// accepted, so that the same proof is never accepted twice (RFC 9449 §11.1).
+type ReplayStore interface {
+	// FirstUse atomically records key for ttl. It reports true when the key was
+	// not recorded before (the proof is fresh) and false when it was (a replay).
+	// An error means the store could not answer; the caller denies.
+	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
+}

@@ -1,0 +1,183 @@
+package authz
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+)
+
+// verifiedToken is an access token that passed every check that does not
+// depend on the time (the time checks are made again on every use).
+type verifiedToken struct {
+	claims accessClaims
+	exp    time.Time
+	nbf    time.Time
+}
+
+// verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725
+// (SPEC §3.2), using the verified-token cache for the signature.
+func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (*verifiedToken, *Error) {
+	sum := sha256.Sum256([]byte(token))
+	vt, ok := v.tokens.get(sum)
+	if !ok {
+		var derr *Error
+		if vt, derr = v.verifyTokenSignature(ctx, token); derr != nil {
+			return nil, derr
+		}
+	}
+	// exp is required and checked with the configured leeway (RFC 7519 §4.1.4).
+	if !now.Before(vt.exp.Add(v.cfg.ClockSkew)) {
+		return nil, deny(InvalidToken, "token_expired", "the access token has expired")
+	}
+	// nbf, when present, must have passed (RFC 7519 §4.1.5).
+	if !vt.nbf.IsZero() && now.Add(v.cfg.ClockSkew).Before(vt.nbf) {
+		return nil, deny(InvalidToken, "token_not_yet_valid", "the access token is not yet valid")
+	}
+	if !ok {
+		v.tokens.put(sum, vt, now)
+	}
+	return vt, nil
+}
+
+// verifyTokenSignature parses the token, checks its header and signature and
+// the claims that do not depend on the time.
+func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*verifiedToken, *Error) {
+	// Compact JWS only: three segments, no JWE (five), no JSON serialization.
+	if strings.Count(token, ".") != 2 {
+		return nil, deny(InvalidToken, "token_malformed", "the access token is not a compact JWS")
+	}
+	var keyErr *Error
+	provider := jws.KeyProviderFunc(func(ctx context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
+		h := sig.ProtectedHeaders()
+		// typ must be one of the accepted access-token types (RFC 9068 §4 (1), RFC 8725 §3.11).
+		if !containsFold(v.cfg.TokenTypes, h.Type()) {
+			keyErr = deny(InvalidToken, "token_typ", "the access token type is not accepted")
+			return keyErr
+		}
+		// The algorithm is chosen by the configuration, never by the token (RFC 8725 §3.1).
+		alg := h.Algorithm().String()
+		if !contains(v.cfg.Algorithms, alg) {
+			keyErr = deny(InvalidToken, "token_alg", "the access token algorithm is not accepted")
+			return keyErr
+		}
+		if len(h.Critical()) > 0 {
+			keyErr = deny(InvalidToken, "token_malformed", "the access token has critical header parameters")
+			return keyErr
+		}
+		if h.KeyID() == "" {
+			keyErr = deny(InvalidToken, "token_kid", "the access token names no key")
+			return keyErr
+		}
+		key, err := v.keys.Key(ctx, h.KeyID())
+		if errors.Is(err, ErrUnknownKey) {
+			keyErr = deny(InvalidToken, "token_kid", "the access token is signed with an unknown key")
+			return keyErr
+		}
+		if err != nil {
+			keyErr = denyErr(Unavailable, "jwks_unavailable", "the issuer's keys are unavailable", err)
+			return keyErr
+		}
+		// The key must be of the type the algorithm needs, and agree with its own alg.
+		if err := keyFitsAlg(key, alg); err != nil {
+			keyErr = denyErr(InvalidToken, "token_alg", "the access token algorithm does not fit the issuer's key", err)
+			return keyErr
+		}
+		sink.Key(jwa.SignatureAlgorithm(alg), key)
+		return nil
+	})
+	payload, err := jws.Verify([]byte(token), jws.WithCompact(), jws.WithKeyProvider(provider), jws.WithContext(ctx))
+	if keyErr != nil {
+		return nil, keyErr
+	}
+	if err != nil {
+		if _, perr := jws.Parse([]byte(token), jws.WithCompact()); perr != nil {
+			return nil, denyErr(InvalidToken, "token_malformed", "the access token is not a valid JWS", perr)
+		}
+		return nil, denyErr(InvalidToken, "token_signature", "the access token signature is invalid", err)
+	}
+
+	vt := &verifiedToken{}
+	c := &vt.claims
+	if err := json.Unmarshal(payload, c); err != nil {
+		return nil, denyErr(InvalidToken, "token_claims", "the access token claims are malformed", err)
+	}
+	// iss must equal the configured issuer exactly (RFC 9068 §4 (3)).
+	if c.Iss != v.cfg.Issuer {
+		return nil, deny(InvalidToken, "token_issuer", "the access token issuer is not accepted")
+	}
+	// aud must contain the audience, and be only it where the route says so (RFC 9068 §4 (4)).
+	if !contains(c.Aud, v.cfg.Audience) {
+		return nil, deny(InvalidToken, "token_audience", "the access token is not meant for this API")
+	}
+	if v.cfg.SingleAudience && len(c.Aud) != 1 {
+		return nil, deny(InvalidToken, "token_audience", "the access token must have this API as its only audience")
+	}
+	// exp is required (RFC 9068 §2.2).
+	if c.Exp == nil {
+		return nil, deny(InvalidToken, "token_exp_missing", "the access token has no expiry")
+	}
+	vt.exp = c.Exp.Time
+	if c.Nbf != nil {
+		vt.nbf = c.Nbf.Time
+	}
+	// client_id is required (RFC 9068 §2.2).
+	if c.ClientID == "" {
+		return nil, deny(InvalidToken, "token_client_id", "the access token has no client_id")
+	}
+	// cnf, when present, must carry a jkt string (RFC 9449 §6.1).
+	if c.Cnf != nil && (c.Cnf.JKT == nil || *c.Cnf.JKT == "") {
+		return nil, deny(InvalidToken, "token_cnf", "the access token confirmation is malformed")
+	}
+	return vt, nil
+}
+
+// keyFitsAlg checks that key can verify alg: RSA for RS*/PS*, EC on the
+// matching curve for ES*, and that the key's own alg, if any, is alg.
+func keyFitsAlg(key jwk.Key, alg string) error {
+	if ka := key.Algorithm().String(); ka != "" && ka != alg {
+		return errors.New("the key is for another algorithm")
+	}
+	switch {
+	case strings.HasPrefix(alg, "RS"), strings.HasPrefix(alg, "PS"):
+		if key.KeyType() != jwa.RSA {
+			return errors.New("algorithm needs an RSA key")
+		}
+	case strings.HasPrefix(alg, "ES"):
+		ec, ok := key.(jwk.ECDSAPublicKey)
+		if !ok {
+			return errors.New("algorithm needs a public EC key")
+		}
+		want := map[string]jwa.EllipticCurveAlgorithm{"ES256": jwa.P256, "ES384": jwa.P384, "ES512": jwa.P521}[alg]
+		if ec.Crv() != want {
+			return errors.New("the EC curve does not fit the algorithm")
+		}
+	default:
+		return errors.New("unsupported algorithm")
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func containsFold(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,273 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Request is what the verifier reads of an HTTP request. The caller fills it
+// from the ORIGINAL request (before any rewrite), so htu is judged against
+// the URI the client signed.
+type Request struct {
+	Method        string
+	Scheme        string   // "https" or "http"; ignored when Config.PublicOrigin is set
+	Host          string   // the Host header; ignored when Config.PublicOrigin is set
+	EscapedPath   string   // the request path as sent, percent-encoded
+	Authorization []string // every Authorization header value
+	DPoP          []string // every DPoP header value
+	TokenInQuery  bool     // the query string carries access_token
+}
+
+// Principal is who a verified request comes from. It never holds the pid:
+// only whether the token is a user token.
+type Principal struct {
+	Scheme         string // "DPoP" or "Bearer"
+	ClientID       string
+	Subject        string
+	TokenID        string // the access token's jti
+	Kind           TokenKind
+	SecurityLevel  string
+	AssuranceLevel string
+	HPRNumber      string
+	OrgParent      string
+	OrgChild       string
+	OrgSupplier    string
+	ClientTenancy  string
+	JKT            string // thumbprint of the proof key; empty for Bearer
+	Expires        time.Time
+	// NonceRefresh is set when server nonces are on and the proof's nonce is
+	// past half its life: the caller sends this new one in DPoP-Nonce.
+	NonceRefresh string
+}
+
+// Verifier checks requests against one route's Config. It is safe for
+// concurrent use.
+type Verifier struct {
+	cfg    Config
+	keys   KeySource
+	replay ReplayStore
+	clock  Clock
+	nonces *Nonces
+	tokens *tokenCache
+	origin string // normalized PublicOrigin, without trailing slash
+}
+
+// DefaultTokenCacheSize bounds the verified-token cache.
+const DefaultTokenCacheSize = 10000
+
+// NewVerifier returns a Verifier for cfg, which must be valid. replay may be
+// nil only when cfg.DPoP is optional and no DPoP proof will ever be accepted;
+// in practice the caller always passes one.
+func NewVerifier(cfg Config, keys KeySource, replay ReplayStore, clock Clock) (*Verifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if keys == nil || replay == nil {
+		return nil, errors.New("a key source and a replay store are required")
+	}
+	if clock == nil {
+		clock = SystemClock
+	}
+	cfg = cfg.withDefaults()
+	v := &Verifier{cfg: cfg, keys: keys, replay: replay, clock: clock, tokens: newTokenCache(DefaultTokenCacheSize)}
+	if len(cfg.NonceSecret) > 0 {
+		v.nonces = NewNonces(cfg.NonceSecret, cfg.DPoPFutureSkew)
+	}
+	if cfg.PublicOrigin != "" {
+		o, err := NormalizeHTU(cfg.PublicOrigin)
+		if err != nil {
+			return nil, err
+		}
+		v.origin = strings.TrimSuffix(o, "/")
+	}
+	return v, nil
+}
+
+// Config returns the verifier's configuration with defaults filled in.
+func (v *Verifier) Config() Config { return v.cfg }
+
+// NewNonce returns a fresh server nonce, or "" when nonces are off. The caller
+// sends it in DPoP-Nonce with a use_dpop_nonce challenge.
+func (v *Verifier) NewNonce() string {
+	if v.nonces == nil {
+		return ""
+	}
+	return v.nonces.Issue(v.clock.Now())
+}
+
+// Verify runs the checks of SPEC §3 steps 1–4 on a request and returns the
+// principal, or the first failure.
+func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
+	now := v.clock.Now()
+
+	// 1. Framing: the token travels only in one Authorization header (RFC 6750 §2).
+	if r.TokenInQuery {
+		return nil, deny(InvalidRequest, "token_in_query", "access tokens are accepted only in the Authorization header")
+	}
+	switch len(r.Authorization) {
+	case 0:
+		return nil, deny(NoCredentials, "no_credentials", "authentication is required")
+	case 1:
+	default:
+		return nil, deny(InvalidRequest, "multiple_authorization", "exactly one Authorization header is allowed")
+	}
+	scheme, token, ok := strings.Cut(strings.TrimSpace(r.Authorization[0]), " ")
+	token = strings.TrimLeft(token, " ")
+	switch {
+	case !ok || token == "":
+		return nil, deny(InvalidRequest, "malformed_authorization", "the Authorization header is malformed")
+	case strings.EqualFold(scheme, "DPoP"):
+		scheme = "DPoP"
+	case strings.EqualFold(scheme, "Bearer"):
+		scheme = "Bearer"
+		if v.cfg.DPoP == DPoPRequired {
+			return nil, deny(InvalidToken, "bearer_not_allowed", "this API requires DPoP-bound tokens")
+		}
+	default:
+		return nil, deny(NoCredentials, "unsupported_scheme", "authentication is required")
+	}
+	if !isToken68(token) {
+		return nil, deny(InvalidRequest, "malformed_authorization", "the Authorization header is malformed")
+	}
+	var proof string
+	if scheme == "DPoP" {
+		// RFC 9449 §4.3 step 1: exactly one DPoP header holding one value.
+		switch {
+		case len(r.DPoP) == 0:
+			return nil, deny(InvalidProof, "proof_missing", "a DPoP proof is required")
+		case len(r.DPoP) > 1 || strings.Contains(r.DPoP[0], ","):
+			return nil, deny(InvalidRequest, "multiple_dpop", "exactly one DPoP header with one proof is allowed")
+		}
+		proof = strings.TrimSpace(r.DPoP[0])
+	}
+
+	// 2. The access token.
+	vt, derr := v.verifyToken(ctx, token, now)
+	if derr != nil {
+		return nil, derr
+	}
+	c := &vt.claims
+	// Every configured scope is required.
+	for _, s := range v.cfg.Scopes {
+		if !c.Scope.has(s) {
+			return nil, deny(InsufficientScope, "scope_missing", "the access token lacks a required scope")
+		}
+	}
+
+	p := &Principal{
+		Scheme:         scheme,
+		ClientID:       c.ClientID,
+		Subject:        c.Sub,
+		TokenID:        c.JTI,
+		Kind:           KindMachine,
+		SecurityLevel:  c.SecurityLevel,
+		AssuranceLevel: c.AssuranceLevel,
+		HPRNumber:      c.HPRNumber,
+		OrgParent:      c.OrgParent,
+		OrgChild:       c.OrgChild,
+		OrgSupplier:    c.OrgSupplier,
+		ClientTenancy:  c.ClientTenancy,
+		Expires:        vt.exp,
+	}
+	if c.PID != "" {
+		p.Kind = KindUser
+	}
+
+	// 3. The proof and the binding.
+	if scheme == "Bearer" {
+		// A DPoP-bound token must never be accepted as a bearer token (RFC 9449 §7.2).
+		if c.Cnf != nil {
+			return nil, deny(InvalidToken, "bound_token_as_bearer", "a DPoP-bound token must be sent with the DPoP scheme")
+		}
+	} else {
+		// The DPoP scheme needs a DPoP-bound token (RFC 9449 §7.1).
+		if c.Cnf == nil {
+			return nil, deny(InvalidToken, "token_not_bound", "the access token is not DPoP-bound")
+		}
+		target := proofTarget{method: r.Method, token: token, jkt: *c.Cnf.JKT}
+		htu, err := v.expectedHTU(r)
+		if err != nil {
+			return nil, denyErr(InvalidRequest, "malformed_request", "the request URI is malformed", err)
+		}
+		target.htu = htu
+		cp, derr := v.verifyProof(ctx, proof, target, now)
+		if derr != nil {
+			return nil, derr
+		}
+		p.JKT = cp.jkt
+		if v.nonces != nil && cp.nonceAge > NonceLifetime/2 {
+			p.NonceRefresh = v.nonces.Issue(now)
+		}
+	}
+
+	// 4. Token kind and user policy.
+	if derr := v.checkPolicy(p); derr != nil {
+		return nil, derr
+	}
+	return p, nil
+}
+
+// expectedHTU is the normalized URI the proof must name: the public origin
+// (or the request's own scheme and host) and the original path.
+func (v *Verifier) expectedHTU(r Request) (string, error) {
+	origin := v.origin
+	if origin == "" {
+		scheme := r.Scheme
+		if scheme == "" {
+			scheme = "https"
+		}
+		origin = scheme + "://" + r.Host
+	}
+	path := r.EscapedPath
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	return NormalizeHTU(origin + path)
+}
+
+// checkPolicy applies token_kind, min_security_level and require_hpr (SPEC §3.4).
+func (v *Verifier) checkPolicy(p *Principal) *Error {
+	switch v.cfg.TokenKind {
+	case KindUser:
+		if p.Kind != KindUser {
+			return deny(InsufficientScope, "token_kind", "this API requires a user token")
+		}
+	case KindMachine:
+		if p.Kind != KindMachine {
+			return deny(InsufficientScope, "token_kind", "this API requires a machine token")
+		}
+	}
+	if p.Kind != KindUser {
+		return nil
+	}
+	if v.cfg.MinSecurityLevel > 0 {
+		// security_level is a string ("4") in HelseID tokens.
+		level, err := strconv.Atoi(p.SecurityLevel)
+		if err != nil || level < v.cfg.MinSecurityLevel {
+			return deny(InsufficientScope, "security_level", "the user's security level is too low")
+		}
+	}
+	if v.cfg.RequireHPR && p.HPRNumber == "" {
+		return deny(InsufficientScope, "hpr_missing", "this API requires a health-personnel number")
+	}
+	return nil
+}
+
+// isToken68 reports whether s has the token68 syntax of RFC 9110 §11.2.
+func isToken68(s string) bool {
+	i := 0
+	for ; i < len(s); i++ {
+		c := s[i]
+		if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' {
+			continue
+		}
+		break
+	}
+	for ; i < len(s) && s[i] == '='; i++ {
+	}
+	return i == len(s) && len(s) > 0
+}
