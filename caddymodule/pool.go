@@ -1,0 +1,113 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/cache"
+)
+
+// pool shares what outlives one config across reloads and sites: one key
+// source per issuer, one Redis client per distinct Redis config, one
+// in-process replay store per process. Each entry is destructed when the last
+// config that uses it is cleaned up.
+var pool = caddy.NewUsagePool()
+
+// localReplaySize bounds the in-process replay store.
+const localReplaySize = 1_000_000
+
+// pooledKeys is an issuer's key source. Its background refresh runs on a
+// context of its own, derived from the Caddy context that created it but
+// cancelled only when the last user lets go, so a reload keeps the cached keys.
+type pooledKeys struct {
+	*authz.IssuerKeys
+	cancel context.CancelFunc
+}
+
+func (p *pooledKeys) Destruct() error {
+	p.cancel()
+	return nil
+}
+
+type pooledRedis struct {
+	client  redis.UniversalClient
+	breaker *cache.Breaker
+}
+
+func (p *pooledRedis) Destruct() error { return p.client.Close() }
+
+type pooledLocal struct{ *cache.LocalReplay }
+
+func (pooledLocal) Destruct() error { return nil }
+
+// issuerKeys returns the shared key source for the configured issuer.
+func (h *Handler) issuerKeys(ctx caddy.Context, cfg authz.Config) (authz.KeySource, error) {
+	key := "keys|" + cfg.Issuer + "|" + cfg.JWKSURL
+	logger := h.logger
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		onRefresh := func(ok bool) {
+			if !ok {
+				logger.Warn("fetching the issuer's keys failed; the last good keys keep serving", zap.String("issuer", cfg.Issuer))
+			}
+		}
+		client := &http.Client{Timeout: 10 * time.Second}
+		return &pooledKeys{IssuerKeys: authz.NewIssuerKeys(kctx, cfg.Issuer, cfg.JWKSURL, client, authz.SystemClock, onRefresh), cancel: cancel}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.poolKeys = append(h.poolKeys, key)
+	return v.(*pooledKeys), nil
+}
+
+// replayStore returns the replay store: the process's in-process store, and
+// in front of it the shared Redis store when redis is configured.
+func (h *Handler) replayStore(ctx caddy.Context) (authz.ReplayStore, error) {
+	v, _, err := pool.LoadOrNew("replay|local", func() (caddy.Destructor, error) {
+		return pooledLocal{cache.NewLocalReplay(localReplaySize, authz.SystemClock)}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.poolKeys = append(h.poolKeys, "replay|local")
+	local := v.(pooledLocal).LocalReplay
+	if h.Redis == nil {
+		h.logger.Info("no redis configured: DPoP replay protection uses an in-process store, valid for a single instance only")
+		return local, nil
+	}
+	opts, err := h.Redis.UniversalOptions()
+	if err != nil {
+		return nil, fmt.Errorf("helseid: redis: %w", err)
+	}
+	key := "redis|" + h.Redis.PoolKey()
+	logger := h.logger
+	v, _, err = pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		br := cache.NewBreaker("redis", cache.WithStateChange(func(name, from, to string) {
+			logger.Warn("circuit breaker changed state", zap.String("dependency", name), zap.String("from", from), zap.String("to", to))
+		}))
+		return &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.poolKeys = append(h.poolKeys, key)
+	pr := v.(*pooledRedis)
+	remote := cache.NewRedisReplay(pr.client, h.Redis.Prefix(), pr.breaker, 0)
+	mode := h.OnStoreError
+	if mode == "" {
+		mode = "local"
+	}
+	return cache.NewFallbackReplay(remote, local, mode, func(err error) {
+		if ce := logger.Check(zap.WarnLevel, "redis replay store failed; using the in-process store"); ce != nil {
+			ce.Write(zap.Error(err))
+		}
+	})
+}

@@ -1,0 +1,129 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/helsegate/helsegate/authz"
+)
+
+// challenges holds the parts of WWW-Authenticate that depend on the config
+// only, built once at Provision.
+type challenges struct {
+	algs     string // algs="…" of RFC 9449 §7.1
+	bearer   bool   // dpop optional: Bearer is offered too
+	scope    string // scope="…" for insufficient_scope
+	useNonce bool
+}
+
+func newChallenges(cfg authz.Config) challenges {
+	return challenges{
+		algs:   `algs="` + strings.Join(cfg.DPoPAlgorithms, " ") + `"`,
+		bearer: cfg.DPoP == authz.DPoPOptional,
+		scope:  `scope="` + strings.Join(cfg.Scopes, " ") + `"`,
+	}
+}
+
+// errorCode is the OAuth error code of a denial kind (RFC 6750 §3.1, RFC 9449 §7.1, §9).
+func errorCode(k authz.Kind) string {
+	switch k {
+	case authz.InvalidRequest:
+		return "invalid_request"
+	case authz.InvalidToken:
+		return "invalid_token"
+	case authz.InvalidProof:
+		return "invalid_dpop_proof"
+	case authz.UseNonce:
+		return "use_dpop_nonce"
+	case authz.InsufficientScope:
+		return "insufficient_scope"
+	case authz.NotMember:
+		return "not_member"
+	case authz.Unavailable:
+		return "temporarily_unavailable"
+	default:
+		return "unauthorized"
+	}
+}
+
+// status is the HTTP status of a denial kind (SPEC §4).
+func status(k authz.Kind) int {
+	switch k {
+	case authz.InvalidRequest:
+		return http.StatusBadRequest
+	case authz.InsufficientScope, authz.NotMember:
+		return http.StatusForbidden
+	case authz.Unavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusUnauthorized
+	}
+}
+
+// setChallenge sets WWW-Authenticate (and DPoP-Nonce, Retry-After) for a denial.
+func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
+	c := h.challenge
+	code := errorCode(derr.Kind)
+	desc := `error_description="` + derr.Description + `"`
+	switch derr.Kind {
+	case authz.NoCredentials:
+		hdr.Set("WWW-Authenticate", "DPoP "+c.algs)
+		if c.bearer {
+			hdr.Add("WWW-Authenticate", "Bearer")
+		}
+	case authz.InvalidRequest:
+		hdr.Set("WWW-Authenticate", `DPoP error="invalid_request"`)
+	case authz.InvalidToken, authz.InvalidProof:
+		hdr.Set("WWW-Authenticate", `DPoP error="`+code+`", `+desc+", "+c.algs)
+	case authz.UseNonce:
+		hdr.Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", `+desc)
+		hdr.Set("DPoP-Nonce", h.verifier.NewNonce())
+	case authz.InsufficientScope:
+		hdr.Set("WWW-Authenticate", `DPoP error="insufficient_scope", `+c.scope)
+	case authz.Unavailable:
+		hdr.Set("Retry-After", "5")
+	}
+}
+
+// problem is an RFC 9457 problem document. Detail is the denial's generic
+// description: never a claim value, a token, a pid or an org number.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	Error  string `json:"error"`
+}
+
+// deny answers a denied request. With error routes on the server it returns a
+// HandlerError for them (headers already set); without, it writes the
+// problem+json body itself, since Caddy would otherwise send an empty one.
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error) error {
+	st := status(derr.Kind)
+	h.setChallenge(w.Header(), derr)
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
+		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		return caddyhttp.Error(st, derr)
+	}
+	code := errorCode(derr.Kind)
+	body, err := json.Marshal(problem{
+		Type:   "urn:helsegate:error:" + code,
+		Title:  http.StatusText(st),
+		Status: st,
+		Detail: derr.Description,
+		Error:  code,
+	})
+	if err != nil {
+		return caddyhttp.Error(st, derr)
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(st)
+	_, _ = w.Write(body)
+	return nil
+}

@@ -1,0 +1,20 @@
+// Package helseidsim is a HelseID simulator: a TEST DOUBLE, not an identity
+// provider. It exists so that integration tests (and later `helsegate dev`)
+// can run the gateway on a laptop without reaching the real HelseID.
+//
+// The simulator listens with plain HTTP on a loopback address only and
+// serves:
+//
+//   - GET  /.well-known/openid-configuration        (discovery)
+//   - GET  /.well-known/openid-configuration/jwks   (public RS256 keys)
+//   - POST /connect/token                           (client_credentials + DPoP)
+//
+// Tokens imitate real HelseID access tokens: JWS compact, header typ
+// "at+jwt", alg RS256, kid of 40 upper-case hex characters, HelseID claim
+// names (helseid://claims/...), scope as a JSON array, security_level as a
+// string and, for DPoP-bound tokens, cnf.jkt. Mint produces arbitrary,
+// including deliberately broken, tokens for negative tests.
+//
+// There is no client authentication: anyone who can reach the loopback
+// port gets a token for whatever org numbers they ask for. Never expose it.
+package helseidsim
