@@ -1,0 +1,177 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/helsegate/helsegate/cache"
+)
+
+func parse(t *testing.T, input string) (*Handler, error) {
+	t.Helper()
+	d := caddyfile.NewTestDispenser(input)
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(d)
+	return h, err
+}
+
+func TestCaddyfileEverySubdirective(t *testing.T) {
+	h, err := parse(t, `helseid {
+		issuer https://helseid-sts.test.nhn.no
+		jwks_url https://helseid-sts.test.nhn.no/.well-known/openid-configuration/jwks
+		audience nhn:kjernejournal
+		single_audience
+		scopes nhn:kjernejournal/api nhn:kjernejournal/tillitsrammeverk
+		token_types at+jwt
+		algorithms RS256 PS256
+		clock_skew 3s
+		dpop optional
+		dpop_algorithms ES256 RS256
+		dpop_max_age 30s
+		dpop_future_skew 2s
+		dpop_nonce 0123456789abcdef0123
+		public_origin https://kj.helsenett.no
+		token_kind user
+		min_security_level 4
+		require_hpr
+		redis redis://127.0.0.1:6379/2 {
+			key_prefix hg:
+			tls
+		}
+		on_store_error deny
+		forward_token off
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	want := Handler{
+		Issuer:           "https://helseid-sts.test.nhn.no",
+		JWKSURL:          "https://helseid-sts.test.nhn.no/.well-known/openid-configuration/jwks",
+		Audience:         "nhn:kjernejournal",
+		SingleAudience:   true,
+		Scopes:           []string{"nhn:kjernejournal/api", "nhn:kjernejournal/tillitsrammeverk"},
+		TokenTypes:       []string{"at+jwt"},
+		Algorithms:       []string{"RS256", "PS256"},
+		ClockSkew:        caddy.Duration(3 * time.Second),
+		DPoP:             "optional",
+		DPoPAlgorithms:   []string{"ES256", "RS256"},
+		DPoPMaxAge:       caddy.Duration(30 * time.Second),
+		DPoPFutureSkew:   caddy.Duration(2 * time.Second),
+		DPoPNonce:        "0123456789abcdef0123",
+		PublicOrigin:     "https://kj.helsenett.no",
+		TokenKind:        "user",
+		MinSecurityLevel: 4,
+		RequireHPR:       true,
+		Redis:            &cache.RedisConfig{URL: "redis://127.0.0.1:6379/2", KeyPrefix: "hg:", TLS: true},
+		OnStoreError:     "deny",
+		ForwardToken:     &off,
+	}
+	got, _ := json.Marshal(h)
+	exp, _ := json.Marshal(want)
+	if string(got) != string(exp) {
+		t.Fatalf("parsed\n got %s\nwant %s", got, exp)
+	}
+}
+
+func TestCaddyfileRedisBlock(t *testing.T) {
+	h, err := parse(t, `helseid {
+		issuer https://helseid-sts.nhn.no
+		audience nhn:kjernejournal
+		redis {
+			addrs 10.0.0.1:26379 10.0.0.2:26379
+			master_name mymaster
+			username gw
+			password {env.REDIS_PASSWORD}
+			db 1
+		}
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := h.Redis
+	if len(r.Addrs) != 2 || r.MasterName != "mymaster" || r.Username != "gw" || r.Password != "{env.REDIS_PASSWORD}" || r.DB != 1 {
+		t.Fatalf("redis block parsed as %+v", r)
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	const head = "helseid {\n issuer https://helseid-sts.nhn.no\n audience nhn:kjernejournal\n"
+	cases := []struct {
+		name, body, want string
+	}{
+		{"argument on the directive", "", ""}, // placeholder; replaced below
+		{"unknown subdirective", " colour blue\n", `unknown subdirective "colour"`},
+		{"duplicate subdirective", " audience x\n", `duplicate subdirective "audience"`},
+		{"issuer missing value", " jwks_url\n", "wrong argument count"},
+		{"issuer not https", "", ""},
+		{"unknown algorithm", " algorithms RS256 EdDSA\n", `unknown algorithm "EdDSA"`},
+		{"none algorithm", " dpop_algorithms none\n", `"none" is never accepted`},
+		{"hmac algorithm", " algorithms HS256\n", "HMAC"},
+		{"bad duration", " clock_skew soon\n", `clock_skew must be a positive duration`},
+		{"negative duration", " dpop_max_age -5s\n", `dpop_max_age must be a positive duration`},
+		{"dpop mode", " dpop sometimes\n", "dpop must be required or optional"},
+		{"token kind", " token_kind robot\n", "token_kind must be user or machine or any"},
+		{"security level", " min_security_level 5\n", "min_security_level must be 1, 2, 3 or 4"},
+		{"flag with argument", " require_hpr yes\n", "wrong argument count"},
+		{"single_audience with argument", " single_audience yes\n", "wrong argument count"},
+		{"short nonce secret", " dpop_nonce abc\n", "at least 16 characters"},
+		{"public origin with path", " public_origin https://a.example/x\n", "public_origin must be scheme://host"},
+		{"jwks over http", " jwks_url http://keys.example/jwks\n", "https"},
+		{"store error mode", " on_store_error maybe\n", "on_store_error must be local or deny"},
+		{"forward token", " forward_token maybe\n", "forward_token must be on or off"},
+		{"redis without target", " redis {\n db 1\n }\n", "redis needs a URL or addrs"},
+		{"redis bad url", " redis mysql://x\n", "redis"},
+		{"redis unknown option", " redis redis://127.0.0.1 {\n pool 3\n }\n", `unknown redis option "pool"`},
+		{"redis duplicate option", " redis redis://127.0.0.1 {\n tls\n tls\n }\n", `duplicate redis option "tls"`},
+		{"redis bad db", " redis {\n addrs 127.0.0.1:6379\n db x\n }\n", "redis db must be"},
+		{"scopes without value", " scopes\n", "wrong argument count"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			input := head + tc.body + "}"
+			switch tc.name {
+			case "argument on the directive":
+				input, tc.want = "helseid extra {\n issuer https://x.example\n audience a\n}", "wrong argument count"
+			case "issuer not https":
+				input, tc.want = "helseid {\n issuer http://helseid-sts.nhn.no\n audience a\n}", "https"
+			}
+			_, err := parse(t, input)
+			if err == nil {
+				t.Fatalf("want error %q, got none", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want error with %q, got %v", tc.want, err)
+			}
+			// Every error names the file and line (the test dispenser's file is "Testfile").
+			if !strings.Contains(err.Error(), "Testfile:") {
+				t.Fatalf("error does not name file and line: %v", err)
+			}
+		})
+	}
+}
+
+func TestCaddyfileRequired(t *testing.T) {
+	for _, tc := range []struct{ input, want string }{
+		{"helseid {\n audience a\n}", "issuer is required"},
+		{"helseid {\n issuer https://x.example\n}", "audience is required"},
+	} {
+		_, err := parse(t, tc.input)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "Testfile:") {
+			t.Fatalf("want %q with file and line, got %v", tc.want, err)
+		}
+	}
+}
+
+func TestCaddyfilePlaceholdersDeferred(t *testing.T) {
+	// Values with placeholders are checked at Provision, once resolved.
+	_, err := parse(t, "helseid {\n issuer {env.HELSEID_ISSUER}\n audience {env.AUD}\n public_origin {env.ORIGIN}\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+}
