@@ -1,0 +1,264 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/helsegate/helsegate/integration/dpopclient"
+	"github.com/helsegate/helsegate/integration/helseidsim"
+)
+
+type handlerFixture struct {
+	sim *helseidsim.Server
+	key *dpopclient.Key
+	h   *Handler
+}
+
+func newHandlerFixture(t *testing.T, mod func(*Handler)) *handlerFixture {
+	t.Helper()
+	sim, err := helseidsim.Start(helseidsim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	key, err := dpopclient.NewKey("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Issuer: sim.Issuer(), Audience: "nhn:kjernejournal", Scopes: []string{"nhn:kjernejournal/api"}}
+	if mod != nil {
+		mod(h)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return &handlerFixture{sim: sim, key: key, h: h}
+}
+
+func (f *handlerFixture) token(t *testing.T, spec helseidsim.TokenSpec) string {
+	t.Helper()
+	if spec.JKT == "" {
+		spec.JKT = f.key.Thumbprint()
+	}
+	tok, err := f.sim.Mint(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// request builds a request as Caddy hands it to a handler: with a replacer,
+// the original request and (optionally) a server in the context.
+func (f *handlerFixture) request(t *testing.T, method, target, token, htu string) *http.Request {
+	t.Helper()
+	r := httptest.NewRequest(method, target, nil)
+	if token != "" {
+		proof, err := f.key.Proof(method, htu, token, dpopclient.ProofOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Authorization", "DPoP "+token)
+		r.Header.Set("DPoP", proof)
+	}
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.OriginalRequestCtxKey, *r.Clone(ctx))
+	return r.WithContext(ctx)
+}
+
+type recordingNext struct {
+	called bool
+	header http.Header
+}
+
+func (n *recordingNext) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	n.called = true
+	n.header = r.Header.Clone()
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func TestServeHTTPAllowed(t *testing.T) {
+	f := newHandlerFixture(t, nil)
+	tok := f.token(t, helseidsim.TokenSpec{OrgParent: "917897468", OrgChild: "922734046", PID: "17056600574", SecurityLevel: "4", HPRNumber: "431001110"})
+	r := f.request(t, "GET", "http://example.com/fhir/Patient?x=1", tok, "http://example.com/fhir/Patient")
+	r.Header.Set("X-Helseid-Org-Parent", "999999999")
+	r.Header["X_helseid_token_kind"] = []string{"machine"}
+	r.Header["x-HELSEID-pid"] = []string{"spoof"}
+	next := &recordingNext{}
+	w := httptest.NewRecorder()
+	if err := f.h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if !next.called {
+		t.Fatalf("next not called; status %d body %s", w.Code, w.Body)
+	}
+	want := map[string]string{
+		"X-Helseid-Org-Parent":     "917897468",
+		"X-Helseid-Org-Child":      "922734046",
+		"X-Helseid-Client-Id":      helseidsim.DefaultClientID,
+		"X-Helseid-Token-Kind":     "user",
+		"X-Helseid-Security-Level": "4",
+		"X-Helseid-Hpr-Number":     "431001110",
+		"X-Helseid-Dpop-Jkt":       f.key.Thumbprint(),
+	}
+	for k, v := range want {
+		if got := next.header.Values(k); len(got) != 1 || got[0] != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	for k, vs := range next.header {
+		for _, v := range vs {
+			if v == "spoof" || v == "machine" || v == "999999999" || strings.Contains(v, "17056600574") {
+				t.Errorf("upstream header %s carries %q", k, v)
+			}
+		}
+	}
+	if next.header.Get("Authorization") == "" || next.header.Get("DPoP") == "" {
+		t.Error("Authorization and DPoP must be forwarded by default")
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	for ph, v := range map[string]string{
+		"http.auth.user.id":         helseidsim.DefaultClientID,
+		"http.auth.user.client_id":  helseidsim.DefaultClientID,
+		"http.auth.user.org_parent": "917897468",
+		"http.auth.user.token_kind": "user",
+		"http.auth.user.jkt":        f.key.Thumbprint(),
+	} {
+		if got, _ := repl.GetString(ph); got != v {
+			t.Errorf("{%s} = %q, want %q", ph, got, v)
+		}
+	}
+}
+
+func TestServeHTTPForwardTokenOff(t *testing.T) {
+	off := false
+	f := newHandlerFixture(t, func(h *Handler) { h.ForwardToken = &off })
+	tok := f.token(t, helseidsim.TokenSpec{OrgParent: "917897468"})
+	next := &recordingNext{}
+	if err := f.h.ServeHTTP(httptest.NewRecorder(), f.request(t, "GET", "http://example.com/a", tok, "http://example.com/a"), next); err != nil {
+		t.Fatal(err)
+	}
+	if !next.called || next.header.Get("Authorization") != "" || next.header.Get("DPoP") != "" {
+		t.Fatalf("forward_token off must strip Authorization and DPoP: %v", next.header)
+	}
+}
+
+func TestServeHTTPOriginalURI(t *testing.T) {
+	f := newHandlerFixture(t, nil)
+	tok := f.token(t, helseidsim.TokenSpec{})
+	// The client signed /kj/fhir; a rewrite (handle_path) has since made it /fhir.
+	r := f.request(t, "GET", "http://example.com/kj/fhir", tok, "http://example.com/kj/fhir")
+	r.URL.Path = "/fhir"
+	next := &recordingNext{}
+	if err := f.h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil || !next.called {
+		t.Fatalf("proof for the original URI refused: %v", err)
+	}
+}
+
+func TestServeHTTPDenials(t *testing.T) {
+	f := newHandlerFixture(t, nil)
+	algs := `algs="RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512"`
+	cases := []struct {
+		name      string
+		req       func() *http.Request
+		status    int
+		challenge string
+		code      string
+	}{
+		{"no credentials", func() *http.Request { return f.request(t, "GET", "http://example.com/a", "", "") },
+			401, "DPoP " + algs, "unauthorized"},
+		{"token in query", func() *http.Request {
+			tok := f.token(t, helseidsim.TokenSpec{})
+			return f.request(t, "GET", "http://example.com/a?access_token=x", tok, "http://example.com/a")
+		}, 400, `DPoP error="invalid_request"`, "invalid_request"},
+		{"expired token", func() *http.Request {
+			tok := f.token(t, helseidsim.TokenSpec{Lifetime: -time.Minute})
+			return f.request(t, "GET", "http://example.com/a", tok, "http://example.com/a")
+		}, 401, `DPoP error="invalid_token", error_description="the access token has expired", ` + algs, "invalid_token"},
+		{"proof for another path", func() *http.Request {
+			tok := f.token(t, helseidsim.TokenSpec{})
+			return f.request(t, "GET", "http://example.com/a", tok, "http://example.com/b")
+		}, 401, `DPoP error="invalid_dpop_proof", error_description="the DPoP proof URI does not match the request", ` + algs, "invalid_dpop_proof"},
+		{"missing scope", func() *http.Request {
+			tok := f.token(t, helseidsim.TokenSpec{Scopes: []string{"openid"}})
+			return f.request(t, "GET", "http://example.com/a", tok, "http://example.com/a")
+		}, 403, `DPoP error="insufficient_scope", scope="nhn:kjernejournal/api"`, "insufficient_scope"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			next := &recordingNext{}
+			if err := f.h.ServeHTTP(w, tc.req(), next); err != nil {
+				t.Fatal(err)
+			}
+			if next.called {
+				t.Fatal("a denied request reached the upstream")
+			}
+			if w.Code != tc.status {
+				t.Fatalf("status %d, want %d", w.Code, tc.status)
+			}
+			if got := w.Header().Get("WWW-Authenticate"); got != tc.challenge {
+				t.Fatalf("WWW-Authenticate\n got %s\nwant %s", got, tc.challenge)
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "application/problem+json" {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			var p problem
+			if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
+				t.Fatal(err)
+			}
+			if p.Status != tc.status || p.Error != tc.code || p.Title == "" || p.Type == "" || p.Detail == "" {
+				t.Fatalf("problem body %+v", p)
+			}
+		})
+	}
+}
+
+func TestServeHTTPErrorRoutes(t *testing.T) {
+	f := newHandlerFixture(t, nil)
+	r := f.request(t, "GET", "http://example.com/a", "", "")
+	srv := &caddyhttp.Server{Errors: &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{{}}}}
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ServerCtxKey, srv))
+	w := httptest.NewRecorder()
+	err := f.h.ServeHTTP(w, r, &recordingNext{})
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != 401 {
+		t.Fatalf("with error routes want a 401 HandlerError, got %v", err)
+	}
+	if w.Header().Get("WWW-Authenticate") == "" {
+		t.Fatal("the challenge must be set before handing over to the error routes")
+	}
+	if w.Body.Len() != 0 {
+		t.Fatal("the handler wrote a body the error routes should write")
+	}
+}
+
+func TestStripIdentityHeaders(t *testing.T) {
+	h := http.Header{}
+	h["X-Helseid-Org-Parent"] = []string{"1"}
+	h["x-helseid-org-child"] = []string{"2"}
+	h["X_Helseid_Client_Id"] = []string{"3"}
+	h["X-HELSEID_pid"] = []string{"4"}
+	h["X-Helseidx"] = []string{"keep"}
+	h["Authorization"] = []string{"keep"}
+	stripIdentityHeaders(h)
+	if len(h) != 2 || h.Get("Authorization") != "keep" || h.Get("X-Helseidx") != "keep" {
+		t.Fatalf("left %v", h)
+	}
+}
