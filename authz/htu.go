@@ -28,6 +28,9 @@ func NormalizeHTU(raw string) (string, error) {
 		return "", errors.New("htu must not carry userinfo")
 	}
 	host := strings.ToLower(u.Hostname())
+	if host == "" {
+		return "", errors.New("htu must be absolute with a host")
+	}
 	port := u.Port()
 	if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
 		port = ""

@@ -55,7 +55,7 @@ type IssuerKeys struct {
 	mu          sync.Mutex // serializes discovery and refreshes: one at a time
 	jwksURL     string
 	discovered  time.Time
-	lastRefresh time.Time
+	lastRefresh time.Time // the last refresh for an unknown kid
 	lastFailure time.Time
 	onRefresh   func(ok bool)
 }
@@ -158,7 +158,6 @@ func (k *IssuerKeys) fetchLocked(ctx context.Context) (jwk.Set, error) {
 		k.discovered = k.clock.Now()
 	}
 	set, err := k.cache.Refresh(ctx, u)
-	k.lastRefresh = k.clock.Now()
 	k.onRefresh(err == nil)
 	if err != nil {
 		return nil, fmt.Errorf("fetch JWKS: %w", err)
@@ -173,9 +172,10 @@ func (k *IssuerKeys) fetchLocked(ctx context.Context) (jwk.Set, error) {
 func (k *IssuerKeys) refreshForUnknown(ctx context.Context) (jwk.Set, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.clock.Now().Sub(k.lastRefresh) < UnknownKidRefreshInterval {
+	if !k.lastRefresh.IsZero() && k.clock.Now().Sub(k.lastRefresh) < UnknownKidRefreshInterval {
 		return k.cache.Get(ctx, k.jwksURL)
 	}
+	k.lastRefresh = k.clock.Now()
 	set, err := k.fetchLocked(ctx)
 	if err != nil {
 		// The issuer is down: the last good set still answers.
