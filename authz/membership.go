@@ -1,0 +1,162 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Membership answers SPEC §5's question: is organization org authorized for
+// service at the time of asking? Implementations are the registry sources
+// (HTTP, file) and the caching decorators in package cache, which wrap a
+// Membership and are one themselves.
+type Membership interface {
+	// Lookup returns what is known of org's authorization for service. An
+	// error means nothing usable is known (the registry failed and nothing
+	// cached is young enough); it wraps ErrRegistryUnavailable or
+	// ErrRegistryConfig.
+	Lookup(ctx context.Context, service, org string) (Answer, error)
+}
+
+// Errors a Membership returns.
+var (
+	// ErrRegistryUnavailable: the registry did not answer (timeout,
+	// connection error, 429, 5xx, breaker open) and no decision was cached.
+	ErrRegistryUnavailable = errors.New("membership registry unavailable")
+	// ErrRegistryConfig: the registry refused the gateway (401/403): a
+	// configuration error on our side.
+	ErrRegistryConfig = errors.New("membership registry refused the gateway's credentials")
+)
+
+// Authorization is one record of the registry: the body of a 200 answer of
+// contract v1, and an element of the file source's "authorizations".
+type Authorization struct {
+	Organization string     `json:"organization"`
+	Service      string     `json:"service"`
+	Member       bool       `json:"member"`
+	Status       string     `json:"status"`
+	ValidFrom    *time.Time `json:"valid_from,omitempty"`
+	ValidTo      *time.Time `json:"valid_to"`
+}
+
+// Answer is what a Membership knows of one (service, org): the registry's
+// record, or nil for a definite no (404, absent from the file); when it was
+// fetched from the registry; and where it came from.
+type Answer struct {
+	Record    *Authorization
+	FetchedAt time.Time
+	Source    string // "registry", "local", "redis"
+	Stale     bool   // served past its TTL because the registry is failing
+}
+
+// Membership reasons: the closed list of outcomes of a membership check.
+const (
+	ReasonMember          = "member"
+	ReasonNotMember       = "not_member"
+	ReasonSuspended       = "suspended"
+	ReasonOutsideValidity = "outside_validity"
+	ReasonNoOrg           = "org_missing"
+	ReasonInvalidOrg      = "org_invalid"
+	ReasonUnavailable     = "registry_unavailable"
+	ReasonRegistryConfig  = "registry_misconfigured"
+)
+
+// Decide says whether the answer authorizes at now, and why: member and
+// status active and now inside [valid_from, valid_to).
+func (a Answer) Decide(now time.Time) (bool, string) {
+	r := a.Record
+	switch {
+	case r == nil || !r.Member:
+		return false, ReasonNotMember
+	case r.Status != "active":
+		return false, ReasonSuspended
+	case r.ValidFrom != nil && now.Before(*r.ValidFrom):
+		return false, ReasonOutsideValidity
+	case r.ValidTo != nil && !now.Before(*r.ValidTo):
+		return false, ReasonOutsideValidity
+	}
+	return true, ReasonMember
+}
+
+// ValidOrgNumber reports whether s is a Norwegian organization number: nine
+// digits whose last is the mod-11 check digit of Enhetsregisteret (weights
+// 3 2 7 6 5 4 3 2). An invalid number never reaches the registry or Redis.
+func ValidOrgNumber(s string) bool {
+	if len(s) != 9 {
+		return false
+	}
+	weights := [8]int{3, 2, 7, 6, 5, 4, 3, 2}
+	sum := 0
+	for i := 0; i < 9; i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+		if i < 8 {
+			sum += int(s[i]-'0') * weights[i]
+		}
+	}
+	check := 11 - sum%11
+	if check == 11 {
+		check = 0
+	}
+	return check != 10 && check == int(s[8]-'0')
+}
+
+// OrgRule says which organization number must be authorized.
+type OrgRule string
+
+// The org rules.
+const (
+	OrgParent OrgRule = "parent" // the legal entity owns the membership (default)
+	OrgChild  OrgRule = "child"
+	OrgBoth   OrgRule = "both"
+)
+
+// MembershipCheck is the membership step of one route: service is the
+// membership argument, rule says which org numbers must be authorized.
+type MembershipCheck struct {
+	Service string
+	Rule    OrgRule
+	Source  Membership
+	Clock   Clock
+}
+
+// Check authorizes p for the service, or returns the denial: NotMember (403)
+// for a missing, invalid or unauthorized organization, Unavailable (503) when
+// nothing is known and the registry is down or refuses us.
+func (m *MembershipCheck) Check(ctx context.Context, p *Principal) *Error {
+	var orgs []string
+	switch m.Rule {
+	case OrgChild:
+		orgs = []string{p.OrgChild}
+	case OrgBoth:
+		orgs = []string{p.OrgParent, p.OrgChild}
+	default:
+		orgs = []string{p.OrgParent}
+	}
+	for _, org := range orgs {
+		if org == "" {
+			return deny(NotMember, ReasonNoOrg, "the access token names no organization to authorize")
+		}
+		if !ValidOrgNumber(org) {
+			return deny(NotMember, ReasonInvalidOrg, "the access token names an invalid organization number")
+		}
+	}
+	for _, org := range orgs {
+		ans, err := m.Source.Lookup(ctx, m.Service, org)
+		switch {
+		case errors.Is(err, ErrRegistryConfig):
+			return denyErr(Unavailable, ReasonRegistryConfig, "the membership registry is unavailable", err)
+		case err != nil:
+			return denyErr(Unavailable, ReasonUnavailable, "the membership registry is unavailable", err)
+		}
+		if ok, reason := ans.Decide(m.Clock.Now()); !ok {
+			return deny(NotMember, reason, "the organization is not authorized for this service")
+		}
+	}
+	return nil
+}
+
+// String is for logs.
+func (m *MembershipCheck) String() string { return fmt.Sprintf("membership %s (%s)", m.Service, m.Rule) }
