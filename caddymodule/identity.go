@@ -93,6 +93,9 @@ func (h *Handler) auditDenial(r *http.Request, derr *authz.Error) {
 		)
 	}
 	if derr.Kind == authz.Unavailable {
+		if !h.depLog.allow() {
+			return
+		}
 		h.logger.Error("a dependency needed for the decision is unavailable", zap.String("reason", derr.Reason), zap.Error(derr.Err))
 	} else if ce := h.logger.Check(zap.DebugLevel, "request denied"); ce != nil {
 		ce.Write(zap.String("reason", derr.Reason), zap.NamedError("cause", derr.Err))

@@ -89,13 +89,13 @@ type Handler struct {
 	// Pass Authorization and DPoP upstream unchanged. Default: true.
 	ForwardToken *bool `json:"forward_token,omitempty"`
 
-	verifier   *authz.Verifier
-	logger     *zap.Logger
-	audit      *zap.Logger
-	challenge  challenges
-	poolKeys   []string
-	forward    bool
-	scopesText string
+	verifier  *authz.Verifier
+	logger    *zap.Logger
+	audit     *zap.Logger
+	challenge challenges
+	poolKeys  []string
+	forward   bool
+	depLog    *logEvery // dead-dependency lines: at most one per 10 s
 }
 
 // CaddyModule returns the Caddy module information.
@@ -110,6 +110,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // It does no network I/O: keys are fetched and Redis is dialed on first use.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.depLog = &logEvery{interval: 10 * time.Second}
 	h.audit = h.logger.Named("audit")
 	if err := h.resolvePlaceholders(); err != nil {
 		return err
@@ -135,7 +136,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("helseid: %w", err)
 	}
 	h.forward = h.ForwardToken == nil || *h.ForwardToken
-	h.scopesText = strings.Join(h.Scopes, " ")
 	h.challenge = newChallenges(h.verifier.Config())
 	return nil
 }
@@ -222,12 +222,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Inbound copies of the identity headers never reach the upstream (SPEC §6).
 	stripIdentityHeaders(r.Header)
 
-	p, derr := h.verifier.Verify(r.Context(), h.authzRequest(r))
+	orig := originalRequest(r)
+	p, derr := h.verifier.Verify(r.Context(), h.authzRequest(r, orig))
 	if derr != nil {
-		h.auditDenial(r, derr)
+		h.auditDenial(orig, derr)
 		return h.deny(w, r, derr)
 	}
-	h.auditAllow(r, p)
+	h.auditAllow(orig, p)
 	h.setIdentity(r, p)
 	if p.NonceRefresh != "" {
 		w.Header().Set("DPoP-Nonce", p.NonceRefresh)
@@ -239,13 +240,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return next.ServeHTTP(w, r)
 }
 
-// authzRequest reads what the verifier needs from the ORIGINAL request, so a
-// rewrite (handle_path, uri strip_prefix) does not change the htu it expects.
-func (h *Handler) authzRequest(r *http.Request) authz.Request {
-	orig := r
+// originalRequest is the request as the client sent it, before any rewrite
+// (handle_path, uri strip_prefix): the URI the client signed in htu.
+func originalRequest(r *http.Request) *http.Request {
 	if o, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
-		orig = &o
+		return &o
 	}
+	return r
+}
+
+// authzRequest reads what the verifier needs: method and URI from the
+// original request, credentials from the current one.
+func (h *Handler) authzRequest(r, orig *http.Request) authz.Request {
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"

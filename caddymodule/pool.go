@@ -106,8 +106,8 @@ func (h *Handler) replayStore(ctx caddy.Context) (authz.ReplayStore, error) {
 		mode = "local"
 	}
 	return cache.NewFallbackReplay(remote, local, mode, func(err error) {
-		if ce := logger.Check(zap.WarnLevel, "redis replay store failed; using the in-process store"); ce != nil {
-			ce.Write(zap.Error(err))
+		if h.depLog.allow() {
+			logger.Warn("redis replay store failed; using the in-process store", zap.Error(err))
 		}
 	})
 }
