@@ -46,7 +46,7 @@ type Authorization struct {
 type Answer struct {
 	Record    *Authorization
 	FetchedAt time.Time
-	Source    string // "registry", "local", "redis"
+	Source    string // "registry", "file", "local", "redis"
 	Stale     bool   // served past its TTL because the registry is failing
 }
 

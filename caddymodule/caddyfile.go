@@ -47,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		redis             <url> | redis [<url>] { addrs <host:port...>; master_name <name>; username <u>; password <p>; db <n>; tls; key_prefix <p> }
 //		on_store_error    local|deny
 //		forward_token     on|off
+//		membership <service> { … }   (see unmarshalMembership)
 //	}
 //
 // issuer and audience are required. Every error names the file and line.
@@ -147,7 +148,7 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		h.ForwardToken = &on
 		return nil
 	case "membership":
-		return d.Err("membership is not supported by this build yet")
+		return h.unmarshalMembership(d)
 	default:
 		return d.Errf("unknown subdirective %q", name)
 	}

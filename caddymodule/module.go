@@ -80,6 +80,9 @@ type Handler struct {
 	// User tokens: helseid://claims/hpr/hpr_number must be present.
 	RequireHPR bool `json:"require_hpr,omitempty"`
 
+	// Organization authorization against the membership registry (SPEC §5).
+	Membership *MembershipConfig `json:"membership,omitempty"`
+
 	// Shared store for replay protection. Absent: an in-process store (one
 	// instance only; the log says so once at start).
 	Redis *cache.RedisConfig `json:"redis,omitempty"`

@@ -1,0 +1,157 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/helsegate/helsegate/authz"
+)
+
+// SourceFile is the Answer.Source of the file source.
+const SourceFile = "file"
+
+// DefaultPollInterval is how often File's poller looks at the file.
+const DefaultPollInterval = time.Second
+
+// FileOption configures NewFile.
+type FileOption func(*File)
+
+// WithPollInterval sets how often Start looks at the file's modification time
+// and size (default DefaultPollInterval). Values <= 0 keep the default.
+func WithPollInterval(d time.Duration) FileOption {
+	return func(f *File) {
+		if d > 0 {
+			f.interval = d
+		}
+	}
+}
+
+// File is the file source of SPEC §5: the authorizations of a JSON document
+// {"authorizations":[...]}, held in memory. Lookup is a map lookup; an
+// (service, org) absent from the file is a definite no. Start polls the file
+// and reloads it when it changes; a file that no longer parses or validates
+// is logged and the last good set is kept. It is safe for concurrent use.
+type File struct {
+	path     string
+	clock    authz.Clock
+	log      *zap.Logger
+	interval time.Duration
+
+	set atomic.Pointer[fileSet]
+
+	mu      sync.Mutex // serializes loads; guards the fields below
+	seen    stamp      // the file as of the last load attempt
+	started bool
+}
+
+// fileSet is one loaded generation of the file. It is never modified.
+type fileSet struct {
+	recs     map[key]authz.Authorization
+	loadedAt time.Time
+}
+
+// stamp is what the poller compares: modification time and size, or the
+// error of stat (so a missing file is logged once, not every second).
+type stamp struct {
+	mod  time.Time
+	size int64
+	err  string
+}
+
+// same reports whether s and o describe the same state of the file.
+func (s stamp) same(o stamp) bool {
+	return s.mod.Equal(o.mod) && s.size == o.size && s.err == o.err
+}
+
+var _ authz.Membership = (*File)(nil)
+
+// NewFile loads and validates the file at path. An error (unreadable file,
+// bad JSON, an invalid or duplicate record, named by its index) means the
+// configuration is wrong. It starts no goroutine: call Start for reloads.
+// A nil clock is authz.SystemClock; a nil logger logs nothing.
+func NewFile(path string, clock authz.Clock, logger *zap.Logger, opts ...FileOption) (*File, error) {
+	if clock == nil {
+		clock = authz.SystemClock
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	f := &File{path: path, clock: clock, log: logger, interval: DefaultPollInterval}
+	for _, o := range opts {
+		o(f)
+	}
+	if err := f.Reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Lookup answers from the set last loaded: a copy of the record, or a nil
+// record when the file does not authorize org for service. FetchedAt is the
+// time the set was loaded. It never fails.
+func (f *File) Lookup(_ context.Context, service, org string) (authz.Answer, error) {
+	s := f.set.Load()
+	ans := authz.Answer{FetchedAt: s.loadedAt, Source: SourceFile}
+	if r, ok := s.recs[key{service, org}]; ok {
+		ans.Record = cloneRecord(r)
+	}
+	return ans, nil
+}
+
+// cloneRecord returns a copy the caller may keep or modify without touching
+// the shared set.
+func cloneRecord(r authz.Authorization) *authz.Authorization {
+	if r.ValidFrom != nil {
+		t := *r.ValidFrom
+		r.ValidFrom = &t
+	}
+	if r.ValidTo != nil {
+		t := *r.ValidTo
+		r.ValidTo = &t
+	}
+	return &r
+}
+
+// Len returns the number of authorizations in the set last loaded.
+func (f *File) Len() int { return len(f.set.Load().recs) }
+
+// Reload reads the file now. On error the last good set stays in use and the
+// error says why (it never quotes the file).
+func (f *File) Reload() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, err := f.load()
+	return err
+}
+
+// load reads, validates and installs the file; f.mu is held. It records the
+// file's stamp as seen before reading, so a write during the read shows up
+// as a change on the next poll.
+func (f *File) load() (int, error) {
+	f.seen = stampOf(f.path)
+	fh, err := os.Open(f.path)
+	if err != nil {
+		return 0, fmt.Errorf("membership file: %w", err)
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, maxFile+1))
+	if err != nil {
+		return 0, fmt.Errorf("membership file %s: reading: %w", f.path, err)
+	}
+	if len(b) > maxFile {
+		return 0, fmt.Errorf("membership file %s: larger than %d bytes", f.path, maxFile)
+	}
+	recs, err := parseFile(b)
+	if err != nil {
+		return 0, fmt.Errorf("membership file %s: %w", f.path, err)
+	}
+	f.set.Store(&fileSet{recs: recs, loadedAt: f.clock.Now()})
+	return len(recs), nil
+}
