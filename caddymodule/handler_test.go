@@ -77,7 +77,10 @@ func (f *handlerFixture) request(t *testing.T, method, target, token, htu string
 	}
 	repl := caddy.NewReplacer()
 	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
-	ctx = context.WithValue(ctx, caddyhttp.OriginalRequestCtxKey, *r.Clone(ctx))
+	// Caddy's copy of the original request carries only these fields.
+	u := *r.URL
+	orig := http.Request{Method: r.Method, RequestURI: r.RequestURI, URL: &u}
+	ctx = context.WithValue(ctx, caddyhttp.OriginalRequestCtxKey, orig)
 	return r.WithContext(ctx)
 }
 

@@ -41,6 +41,9 @@ func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	set("X-Helseid-Security-Level", p.SecurityLevel)
 	set("X-Helseid-Hpr-Number", p.HPRNumber)
 	set("X-Helseid-Dpop-Jkt", p.JKT)
+	if h.membership != nil {
+		set("X-Helseid-Membership", h.membership.Service)
+	}
 
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
@@ -64,9 +67,14 @@ func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 // auditAllow writes the audit entry of an allowed request.
 func (h *Handler) auditAllow(r *http.Request, p *authz.Principal) {
 	if ce := h.audit.Check(zap.InfoLevel, "allow"); ce != nil {
+		reason := "ok"
+		if h.membership != nil {
+			reason = authz.ReasonMember
+		}
 		ce.Write(
 			zap.String("decision", "allow"),
-			zap.String("reason", "ok"),
+			zap.String("reason", reason),
+			zap.String("service", h.service()),
 			zap.String("client_id", p.ClientID),
 			zap.String("org_parent", p.OrgParent),
 			zap.String("org_child", p.OrgChild),
@@ -80,17 +88,30 @@ func (h *Handler) auditAllow(r *http.Request, p *authz.Principal) {
 	}
 }
 
-// auditDenial writes the audit entry of a denied request. It names the reason
-// code only: the caller's identity is not established.
-func (h *Handler) auditDenial(r *http.Request, derr *authz.Error) {
+// auditDenial writes the audit entry of a denied request. p is the verified
+// caller when the denial came after verification (policy, membership), else
+// nil: an unverified caller's claims are not logged.
+func (h *Handler) auditDenial(r *http.Request, p *authz.Principal, derr *authz.Error) {
 	if ce := h.audit.Check(zap.InfoLevel, "deny"); ce != nil {
-		ce.Write(
+		fields := []zap.Field{
 			zap.String("decision", "deny"),
 			zap.String("reason", derr.Reason),
 			zap.Int("status", status(derr.Kind)),
+			zap.String("service", h.service()),
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),
-		)
+		}
+		if p != nil {
+			fields = append(fields,
+				zap.String("client_id", p.ClientID),
+				zap.String("org_parent", p.OrgParent),
+				zap.String("org_child", p.OrgChild),
+				zap.String("org_supplier", p.OrgSupplier),
+				zap.String("jkt", p.JKT),
+				zap.String("token_jti", p.TokenID),
+			)
+		}
+		ce.Write(fields...)
 	}
 	if derr.Kind == authz.Unavailable {
 		if !h.depLog.allow() {
@@ -100,4 +121,12 @@ func (h *Handler) auditDenial(r *http.Request, derr *authz.Error) {
 	} else if ce := h.logger.Check(zap.DebugLevel, "request denied"); ce != nil {
 		ce.Write(zap.String("reason", derr.Reason), zap.NamedError("cause", derr.Err))
 	}
+}
+
+// service is the membership service of the route, or "".
+func (h *Handler) service() string {
+	if h.membership == nil {
+		return ""
+	}
+	return h.membership.Service
 }

@@ -1,10 +1,22 @@
 package caddymodule
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/cache"
+	"github.com/helsegate/helsegate/cache/registry"
 )
 
 // MembershipConfig is the membership block: after the token and proof pass,
@@ -102,4 +114,157 @@ func (h *Handler) unmarshalMembership(d *caddyfile.Dispenser) error {
 		return d.Err("membership needs a registry <url> or a file <path>")
 	}
 	return nil
+}
+
+// pooledMembership is one membership cache, shared by every config and site
+// that asks the same registry about the same service with the same settings,
+// so a reload keeps what it knows. Its goroutines (file polling, Redis
+// invalidation) stop when the last user lets go.
+type pooledMembership struct {
+	cached *cache.CachedMembership
+	redis  *pooledRedis // nil without redis
+	prefix string
+	cancel context.CancelFunc
+}
+
+func (p *pooledMembership) Destruct() error {
+	p.cancel()
+	memberships.remove(p)
+	return nil
+}
+
+// memberships lists the live membership caches of this process, for the
+// admin invalidation endpoint.
+var memberships = &membershipSet{m: map[*pooledMembership]struct{}{}}
+
+type membershipSet struct {
+	mu sync.Mutex
+	m  map[*pooledMembership]struct{}
+}
+
+func (s *membershipSet) add(p *pooledMembership) {
+	s.mu.Lock()
+	s.m[p] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *membershipSet) remove(p *pooledMembership) {
+	s.mu.Lock()
+	delete(s.m, p)
+	s.mu.Unlock()
+}
+
+func (s *membershipSet) list() []*pooledMembership {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*pooledMembership, 0, len(s.m))
+	for p := range s.m {
+		out = append(out, p)
+	}
+	return out
+}
+
+// provisionMembership builds the membership check of the route: the source
+// (HTTP registry or file) wrapped in the shared cache.
+func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*authz.MembershipCheck, error) {
+	m := h.Membership
+	repl := caddy.NewReplacer()
+	for _, s := range []*string{&m.Service, &m.Registry, &m.File, &m.RegistryToken, &m.Org} {
+		*s = repl.ReplaceKnown(*s, "")
+	}
+	if m.Service == "" {
+		return nil, errors.New("helseid: membership needs a service")
+	}
+	if (m.Registry == "") == (m.File == "") {
+		return nil, errors.New("helseid: membership needs exactly one of registry and file")
+	}
+	if m.Registry != "" {
+		if err := authz.CheckURL("membership registry", m.Registry); err != nil {
+			return nil, fmt.Errorf("helseid: %w", err)
+		}
+	}
+	rule := authz.OrgRule(m.Org)
+	switch rule {
+	case "":
+		rule = authz.OrgParent
+	case authz.OrgParent, authz.OrgChild, authz.OrgBoth:
+	default:
+		return nil, fmt.Errorf("helseid: membership org must be parent, child or both, not %q", m.Org)
+	}
+
+	tokenSum := sha256.Sum256([]byte(m.RegistryToken))
+	key := strings.Join([]string{"membership", m.Service, m.Registry, m.File, hex.EncodeToString(tokenSum[:8]),
+		time.Duration(m.CacheTTL).String(), time.Duration(m.NegativeTTL).String(), time.Duration(m.StaleFor).String(),
+		time.Duration(m.Timeout).String(), redisIdentity(h.Redis)}, "|")
+	logger := h.logger.Named("membership")
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		var src authz.Membership
+		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		if m.File != "" {
+			f, err := registry.NewFile(m.File, authz.SystemClock, logger)
+			if err != nil {
+				cancel()
+				return nil, fmt.Errorf("helseid: membership file: %w", err)
+			}
+			f.Start(mctx)
+			src = f
+		} else {
+			hs, err := registry.NewHTTP(registry.HTTPConfig{
+				BaseURL: m.Registry,
+				Token:   m.RegistryToken,
+				Timeout: time.Duration(m.Timeout),
+				Breaker: cache.NewBreaker("registry", cache.WithStateChange(breakerLogger(logger))),
+				Logger:  logger,
+				Clock:   authz.SystemClock,
+			})
+			if err != nil {
+				cancel()
+				return nil, fmt.Errorf("helseid: membership registry: %w", err)
+			}
+			src = hs
+		}
+		opts := cache.MembershipCacheOptions{
+			PositiveTTL: time.Duration(m.CacheTTL),
+			NegativeTTL: time.Duration(m.NegativeTTL),
+			StaleFor:    time.Duration(m.StaleFor),
+			Clock:       authz.SystemClock,
+			Logger:      logger,
+		}
+		pm := &pooledMembership{cancel: cancel, redis: rc}
+		if rc != nil {
+			opts.Redis = rc.client
+			opts.RedisBreaker = rc.breaker
+			opts.KeyPrefix = h.Redis.Prefix()
+			pm.prefix = opts.KeyPrefix
+		}
+		pm.cached = cache.NewCachedMembership(src, opts)
+		if rc != nil {
+			pm.cached.Subscribe(mctx)
+		}
+		memberships.add(pm)
+		return pm, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.poolKeys = append(h.poolKeys, key)
+	return &authz.MembershipCheck{
+		Service: m.Service,
+		Rule:    rule,
+		Source:  v.(*pooledMembership).cached,
+		Clock:   authz.SystemClock,
+	}, nil
+}
+
+func redisIdentity(r *cache.RedisConfig) string {
+	if r == nil {
+		return "local"
+	}
+	return r.PoolKey() + r.Prefix()
+}
+
+func breakerLogger(logger *zap.Logger) func(name, from, to string) {
+	return func(name, from, to string) {
+		logger.Warn("circuit breaker changed state", zap.String("dependency", name), zap.String("from", from), zap.String("to", to))
+	}
 }

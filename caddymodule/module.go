@@ -92,13 +92,14 @@ type Handler struct {
 	// Pass Authorization and DPoP upstream unchanged. Default: true.
 	ForwardToken *bool `json:"forward_token,omitempty"`
 
-	verifier  *authz.Verifier
-	logger    *zap.Logger
-	audit     *zap.Logger
-	challenge challenges
-	poolKeys  []string
-	forward   bool
-	depLog    *logEvery // dead-dependency lines: at most one per 10 s
+	verifier   *authz.Verifier
+	membership *authz.MembershipCheck // nil without a membership block
+	logger     *zap.Logger
+	audit      *zap.Logger
+	challenge  challenges
+	poolKeys   []string
+	forward    bool
+	depLog     *logEvery // dead-dependency lines: at most one per 10 s
 }
 
 // CaddyModule returns the Caddy module information.
@@ -130,9 +131,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	replay, err := h.replayStore(ctx)
+	rc, err := h.redisClient()
 	if err != nil {
 		return err
+	}
+	replay, err := h.replayStore(rc)
+	if err != nil {
+		return err
+	}
+	if h.Membership != nil {
+		if h.membership, err = h.provisionMembership(ctx, rc); err != nil {
+			return err
+		}
 	}
 	h.verifier, err = authz.NewVerifier(cfg, keys, replay, authz.SystemClock)
 	if err != nil {
@@ -227,8 +237,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	orig := originalRequest(r)
 	p, derr := h.verifier.Verify(r.Context(), h.authzRequest(r, orig))
+	if derr == nil && h.membership != nil {
+		derr = h.membership.Check(r.Context(), p)
+	}
 	if derr != nil {
-		h.auditDenial(orig, derr)
+		h.auditDenial(orig, p, derr)
 		return h.deny(w, r, derr)
 	}
 	h.auditAllow(orig, p)
@@ -262,7 +275,7 @@ func (h *Handler) authzRequest(r, orig *http.Request) authz.Request {
 	return authz.Request{
 		Method:        orig.Method,
 		Scheme:        scheme,
-		Host:          orig.Host,
+		Host:          r.Host, // Caddy's copy of the original request has no Host; rewrites keep it
 		EscapedPath:   orig.URL.EscapedPath(),
 		Authorization: r.Header.Values("Authorization"),
 		DPoP:          r.Header.Values("DPoP"),

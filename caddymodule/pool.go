@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,6 +20,9 @@ import (
 // in-process replay store per process. Each entry is destructed when the last
 // config that uses it is cleaned up.
 var pool = caddy.NewUsagePool()
+
+// localNoticeOnce makes the in-process store notice appear once per process.
+var localNoticeOnce atomic.Bool
 
 // localReplaySize bounds the in-process replay store.
 const localReplaySize = 1_000_000
@@ -68,9 +72,32 @@ func (h *Handler) issuerKeys(ctx caddy.Context, cfg authz.Config) (authz.KeySour
 	return v.(*pooledKeys), nil
 }
 
+// redisClient returns the shared client of the configured Redis, or nil
+// without one. It does not dial.
+func (h *Handler) redisClient() (*pooledRedis, error) {
+	if h.Redis == nil {
+		return nil, nil
+	}
+	opts, err := h.Redis.UniversalOptions()
+	if err != nil {
+		return nil, fmt.Errorf("helseid: redis: %w", err)
+	}
+	key := "redis|" + h.Redis.PoolKey()
+	logger := h.logger
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		br := cache.NewBreaker("redis", cache.WithStateChange(breakerLogger(logger)))
+		return &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.poolKeys = append(h.poolKeys, key)
+	return v.(*pooledRedis), nil
+}
+
 // replayStore returns the replay store: the process's in-process store, and
-// in front of it the shared Redis store when redis is configured.
-func (h *Handler) replayStore(ctx caddy.Context) (authz.ReplayStore, error) {
+// in front of it the shared Redis store (pr) when redis is configured.
+func (h *Handler) replayStore(pr *pooledRedis) (authz.ReplayStore, error) {
 	v, _, err := pool.LoadOrNew("replay|local", func() (caddy.Destructor, error) {
 		return pooledLocal{cache.NewLocalReplay(localReplaySize, authz.SystemClock)}, nil
 	})
@@ -79,27 +106,13 @@ func (h *Handler) replayStore(ctx caddy.Context) (authz.ReplayStore, error) {
 	}
 	h.poolKeys = append(h.poolKeys, "replay|local")
 	local := v.(pooledLocal).LocalReplay
-	if h.Redis == nil {
-		h.logger.Info("no redis configured: DPoP replay protection uses an in-process store, valid for a single instance only")
+	if pr == nil {
+		if localNoticeOnce.CompareAndSwap(false, true) {
+			h.logger.Info("no redis configured: DPoP replay protection uses an in-process store, valid for a single instance only")
+		}
 		return local, nil
 	}
-	opts, err := h.Redis.UniversalOptions()
-	if err != nil {
-		return nil, fmt.Errorf("helseid: redis: %w", err)
-	}
-	key := "redis|" + h.Redis.PoolKey()
 	logger := h.logger
-	v, _, err = pool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		br := cache.NewBreaker("redis", cache.WithStateChange(func(name, from, to string) {
-			logger.Warn("circuit breaker changed state", zap.String("dependency", name), zap.String("from", from), zap.String("to", to))
-		}))
-		return &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br}, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	h.poolKeys = append(h.poolKeys, key)
-	pr := v.(*pooledRedis)
 	remote := cache.NewRedisReplay(pr.client, h.Redis.Prefix(), pr.breaker, 0)
 	mode := h.OnStoreError
 	if mode == "" {

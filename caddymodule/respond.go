@@ -28,9 +28,10 @@ func newChallenges(cfg authz.Config) challenges {
 	}
 }
 
-// errorCode is the OAuth error code of a denial kind (RFC 6750 §3.1, RFC 9449 §7.1, §9).
-func errorCode(k authz.Kind) string {
-	switch k {
+// errorCode is the error code of a denial: the OAuth one (RFC 6750 §3.1,
+// RFC 9449 §7.1, §9) or SPEC §4's not_member and registry_unavailable.
+func errorCode(derr *authz.Error) string {
+	switch derr.Kind {
 	case authz.InvalidRequest:
 		return "invalid_request"
 	case authz.InvalidToken:
@@ -44,6 +45,9 @@ func errorCode(k authz.Kind) string {
 	case authz.NotMember:
 		return "not_member"
 	case authz.Unavailable:
+		if strings.HasPrefix(derr.Reason, "registry_") {
+			return "registry_unavailable"
+		}
 		return "temporarily_unavailable"
 	default:
 		return "unauthorized"
@@ -67,7 +71,7 @@ func status(k authz.Kind) int {
 // setChallenge sets WWW-Authenticate (and DPoP-Nonce, Retry-After) for a denial.
 func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
 	c := h.challenge
-	code := errorCode(derr.Kind)
+	code := errorCode(derr)
 	desc := `error_description="` + derr.Description + `"`
 	switch derr.Kind {
 	case authz.NoCredentials:
@@ -109,7 +113,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
 		return caddyhttp.Error(st, derr)
 	}
-	code := errorCode(derr.Kind)
+	code := errorCode(derr)
 	body, err := json.Marshal(problem{
 		Type:   "urn:helsegate:error:" + code,
 		Title:  http.StatusText(st),
