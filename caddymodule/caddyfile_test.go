@@ -175,3 +175,54 @@ func TestCaddyfilePlaceholdersDeferred(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCaddyfileMembership(t *testing.T) {
+	h, err := parse(t, `helseid {
+		issuer https://helseid-sts.nhn.no
+		audience nhn:kjernejournal
+		membership kjernejournal {
+			registry https://medlem.helsenett.no
+			registry_token {env.REGISTRY_TOKEN}
+			org both
+			cache_ttl 10m
+			negative_ttl 30s
+			stale_for 2h
+			timeout 1s
+		}
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := MembershipConfig{Service: "kjernejournal", Registry: "https://medlem.helsenett.no", RegistryToken: "{env.REGISTRY_TOKEN}",
+		Org: "both", CacheTTL: caddy.Duration(10 * time.Minute), NegativeTTL: caddy.Duration(30 * time.Second),
+		StaleFor: caddy.Duration(2 * time.Hour), Timeout: caddy.Duration(time.Second)}
+	if *h.Membership != want {
+		t.Fatalf("got %+v\nwant %+v", *h.Membership, want)
+	}
+	for _, input := range []string{"registry file /etc/members.json", "file /etc/members.json"} {
+		h, err := parse(t, "helseid {\n issuer https://x.example\n audience a\n membership kj {\n "+input+"\n }\n}")
+		if err != nil || h.Membership.File != "/etc/members.json" || h.Membership.Registry != "" {
+			t.Fatalf("%s: %+v %v", input, h.Membership, err)
+		}
+	}
+}
+
+func TestCaddyfileMembershipErrors(t *testing.T) {
+	for _, tc := range []struct{ name, block, want string }{
+		{"no service", "membership {\n registry https://r.example\n }", "wrong argument count"},
+		{"no source", "membership kj {\n org parent\n }", "membership needs a registry <url> or a file <path>"},
+		{"registry and file", "membership kj {\n registry https://r.example\n file /x\n }", `duplicate membership option "file"`},
+		{"http registry", "membership kj {\n registry http://r.example\n }", "https"},
+		{"org rule", "membership kj {\n registry https://r.example\n org sibling\n }", "org must be parent or child or both"},
+		{"bad ttl", "membership kj {\n registry https://r.example\n cache_ttl forever\n }", "cache_ttl must be a positive duration"},
+		{"unknown option", "membership kj {\n registry https://r.example\n retries 3\n }", `unknown membership option "retries"`},
+		{"registry args", "membership kj {\n registry a b c\n }", "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parse(t, "helseid {\n issuer https://x.example\n audience a\n "+tc.block+"\n}")
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "Testfile:") {
+				t.Fatalf("want %q with file and line, got %v", tc.want, err)
+			}
+		})
+	}
+}
