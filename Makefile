@@ -2,14 +2,19 @@
 GO      ?= go
 BIN     := bin/helsegate
 
-.PHONY: build run test bench fmt vet clean
+.PHONY: build run demo test bench fmt vet clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/helsegate
 
-# Runs the gateway on Caddyfile.example with the in-process store (no Redis needed).
+# Runs the gateway on Caddyfile.example with a HelseID simulator, a registry
+# simulator and a stand-in upstream, on loopback (no Redis needed).
 run: build
-	./$(BIN) run --config Caddyfile.example --adapter caddyfile
+	./$(BIN) dev --config Caddyfile.example
+
+# A scripted tour against `make run` (in another terminal).
+demo: build
+	BIN=./$(BIN) ./scripts/demo
 
 # Every test: unit, Caddyfile, fuzz seeds and the end-to-end tests against the
 # built binary and real Redis (HELSEGATE_TEST_REDIS, default 127.0.0.1:6379).

@@ -44,7 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		token_kind        user|machine|any
 //		min_security_level <1-4>
 //		require_hpr
-//		redis             <url> | redis [<url>] { addrs <host:port...>; master_name <name>; username <u>; password <p>; db <n>; tls; key_prefix <p> }
+//		redis             none | <url> | redis [<url>] { addrs <host:port...>; master_name <name>; username <u>; password <p>; db <n>; tls; key_prefix <p> }
 //		on_store_error    local|deny
 //		forward_token     on|off
 //		membership <service> { … }   (see unmarshalMembership)
@@ -162,6 +162,15 @@ func (h *Handler) unmarshalRedis(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
+	}
+	if r.URL == "none" {
+		// "redis none": the in-process store, spelled out so that a config can
+		// take Redis from the environment ({$REDIS_URL:none}).
+		h.Redis = nil
+		if d.NextBlock(d.Nesting()) {
+			return d.Err("redis none takes no options")
+		}
+		return nil
 	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {

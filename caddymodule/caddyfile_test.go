@@ -156,6 +156,16 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
+func TestCaddyfileRedisNone(t *testing.T) {
+	h, err := parse(t, "helseid {\n issuer https://x.example\n audience a\n redis none\n}")
+	if err != nil || h.Redis != nil {
+		t.Fatalf("redis none must mean no redis: %+v %v", h.Redis, err)
+	}
+	if _, err := parse(t, "helseid {\n issuer https://x.example\n audience a\n redis none {\n tls\n }\n}"); err == nil {
+		t.Fatal("redis none with options must be refused")
+	}
+}
+
 func TestCaddyfileRequired(t *testing.T) {
 	for _, tc := range []struct{ input, want string }{
 		{"helseid {\n audience a\n}", "issuer is required"},
