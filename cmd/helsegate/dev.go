@@ -1,0 +1,188 @@
+package main
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/integration/registrysim"
+)
+
+// devMembers is the registry of 'helsegate dev' unless --members names a file:
+// 917897468 is an active member of kjernejournal, 994598759 is suspended,
+// 922734046's authorization has expired, every other organization is unknown.
+//
+//go:embed dev_members.json
+var devMembers []byte
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "dev",
+		Usage: "[--config Caddyfile.example] [--port 8080] [--members <file>]",
+		Short: "Runs the gateway on a laptop with a HelseID simulator, a registry simulator and a stand-in upstream",
+		Long: `
+dev starts, on loopback only:
+  - a HelseID simulator (discovery, JWKS, a token endpoint issuing DPoP-bound
+    client-credentials tokens for chosen org numbers) on --issuer-port,
+  - a membership registry simulator (HTTP contract v1) fed from --members,
+  - a stand-in Kjernejournal upstream that echoes what it received,
+  - and the gateway on --config (Caddyfile.example), with the in-process store
+    unless REDIS_URL is set.
+The simulators are test doubles: never point a real client at them.
+It prints what to run next, and stops on Ctrl-C.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			f := cmd.Flags()
+			f.String("config", "Caddyfile.example", "the Caddyfile to run")
+			f.Int("port", 8080, "gateway port on localhost")
+			f.Int("issuer-port", 8081, "HelseID simulator port")
+			f.Int("registry-port", 8082, "registry simulator port")
+			f.Int("upstream-port", 9080, "stand-in upstream port")
+			f.String("admin", "localhost:2019", "Caddy admin endpoint")
+			f.String("members", "", "registry members file (SPEC §5 format); default: a built-in set")
+			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return runDev(cmd) }
+		},
+	})
+}
+
+func runDev(cmd *cobra.Command) error {
+	f := cmd.Flags()
+	str := func(n string) string { v, _ := f.GetString(n); return v }
+	port := func(n string) int { v, _ := f.GetInt(n); return v }
+
+	sim, err := helseidsim.Start(helseidsim.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port("issuer-port"))})
+	if err != nil {
+		return fmt.Errorf("dev: HelseID simulator: %w", err)
+	}
+	defer sim.Close()
+
+	members := devMembers
+	if p := str("members"); p != "" {
+		if members, err = os.ReadFile(p); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+	}
+	var doc registrysim.Document
+	if err := json.Unmarshal(members, &doc); err != nil {
+		return fmt.Errorf("dev: members file: %w", err)
+	}
+	if os.Getenv("MEMBERSHIP_TOKEN") == "" {
+		_ = os.Setenv("MEMBERSHIP_TOKEN", "dev-token")
+	}
+	reg, err := registrysim.Start(registrysim.Options{
+		Addr:    fmt.Sprintf("127.0.0.1:%d", port("registry-port")),
+		Members: doc.Authorizations,
+		Token:   os.Getenv("MEMBERSHIP_TOKEN"),
+	})
+	if err != nil {
+		return fmt.Errorf("dev: registry simulator: %w", err)
+	}
+	defer reg.Close()
+
+	upstreamAddr := fmt.Sprintf("127.0.0.1:%d", port("upstream-port"))
+	ln, err := net.Listen("tcp", upstreamAddr)
+	if err != nil {
+		return fmt.Errorf("dev: upstream: %w", err)
+	}
+	upstream := &http.Server{Handler: http.HandlerFunc(echoUpstream), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = upstream.Serve(ln) }()
+	defer upstream.Close()
+
+	site := fmt.Sprintf("http://localhost:%d", port("port"))
+	setDefault := func(k, v string) {
+		if os.Getenv(k) == "" {
+			_ = os.Setenv(k, v)
+		}
+	}
+	_ = os.Setenv("HELSEID_ISSUER", sim.Issuer())
+	_ = os.Setenv("MEMBERSHIP_REGISTRY", reg.URL())
+	_ = os.Setenv("KJ_UPSTREAM", upstreamAddr)
+	_ = os.Setenv("HELSEGATE_SITE", site)
+	_ = os.Setenv("HELSEGATE_PUBLIC_ORIGIN", site)
+	_ = os.Setenv("HELSEGATE_ADMIN", str("admin"))
+	setDefault("REDIS_URL", "none")
+
+	body, err := os.ReadFile(str("config"))
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": str("config")})
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(os.Stderr, "dev: %s\n", w.String())
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		return fmt.Errorf("dev: starting the gateway: %w", err)
+	}
+	defer func() { _ = caddy.Stop() }()
+
+	printDevHelp(site, sim.Issuer(), reg.URL(), upstreamAddr, doc)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	<-sig
+	fmt.Fprintln(os.Stderr, "dev: stopping")
+	return nil
+}
+
+func printDevHelp(site, issuer, registry, upstream string, doc registrysim.Document) {
+	var lines []string
+	for _, a := range doc.Authorizations {
+		state := a.Status
+		if a.ValidTo != nil && time.Now().After(*a.ValidTo) {
+			state = "expired"
+		}
+		lines = append(lines, fmt.Sprintf("    %s  %-14s %s", a.Organization, a.Service, state))
+	}
+	sort.Strings(lines)
+	fmt.Printf(`
+helsegate dev is running (test doubles on loopback; nothing here is real HelseID or Medlemstjenesten)
+  gateway              %[1]s/kjernejournal/  (Caddyfile.example, in-process store)
+  HelseID simulator    %[2]s
+  registry simulator   %[3]s
+  upstream (echo)      http://%[4]s
+  members:
+%[5]s
+
+Try, in another terminal:
+  bin/helsegate call %[1]s/kjernejournal/api/patient                 # allowed: 200, the echo shows X-Helseid-*
+  bin/helsegate call --org 994598759 %[1]s/kjernejournal/api/patient # suspended member: 403
+  bin/helsegate call --replay %[1]s/kjernejournal/api/patient        # same proof twice: 200, then 401
+  make demo                                                          # every scenario
+Ctrl-C stops everything.
+`, site, issuer, registry, upstream, strings.Join(lines, "\n"))
+}
+
+// echoUpstream stands in for Kjernejournal: it answers with what it received.
+func echoUpstream(w http.ResponseWriter, r *http.Request) {
+	seen := map[string]string{}
+	for k := range r.Header {
+		if strings.HasPrefix(strings.ToLower(k), "x-helseid-") {
+			seen[k] = r.Header.Get(k)
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"upstream": "stand-in kjernejournal",
+		"method":   r.Method,
+		"path":     r.URL.Path,
+		"headers":  seen,
+	})
+}
+
+
