@@ -1,8 +1,9 @@
 // Package integration holds helsegate's end-to-end tests: the real binary
 // (built once by TestMain from ./cmd/helsegate), real Redis
 // (HELSEGATE_TEST_REDIS, default 127.0.0.1:6379), the HelseID simulator of
-// package helseidsim, the DPoP client of package dpopclient and a recording
-// upstream. Everything listens on loopback only.
+// package helseidsim, the membership registry simulator of package
+// registrysim, the DPoP client of package dpopclient and a recording upstream.
+// Everything listens on loopback only.
 //
 // Run with: go test -count=1 ./integration/
 package integration

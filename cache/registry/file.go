@@ -94,11 +94,12 @@ func NewFile(path string, clock authz.Clock, logger *zap.Logger, opts ...FileOpt
 }
 
 // Lookup answers from the set last loaded: a copy of the record, or a nil
-// record when the file does not authorize org for service. FetchedAt is the
-// time the set was loaded. It never fails.
+// record when the file does not authorize org for service. FetchedAt is now:
+// the loaded file is the source of truth at every moment (a change is picked
+// up by the poller), so an answer is as fresh as the lookup. It never fails.
 func (f *File) Lookup(_ context.Context, service, org string) (authz.Answer, error) {
 	s := f.set.Load()
-	ans := authz.Answer{FetchedAt: s.loadedAt, Source: SourceFile}
+	ans := authz.Answer{FetchedAt: f.clock.Now(), Source: SourceFile}
 	if r, ok := s.recs[key{service, org}]; ok {
 		ans.Record = cloneRecord(r)
 	}
@@ -118,6 +119,12 @@ func cloneRecord(r authz.Authorization) *authz.Authorization {
 	}
 	return &r
 }
+
+// LoadedAt returns when the set in use was loaded.
+func (f *File) LoadedAt() time.Time { return f.set.Load().loadedAt }
+
+// Path returns the path of the file.
+func (f *File) Path() string { return f.path }
 
 // Len returns the number of authorizations in the set last loaded.
 func (f *File) Len() int { return len(f.set.Load().recs) }

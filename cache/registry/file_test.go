@@ -57,7 +57,8 @@ func TestFileLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(time.Hour) // FetchedAt is the load time, not the lookup time
+	clock.Advance(time.Hour) // FetchedAt is the lookup time: the file is always current
+	looked := loaded.Add(time.Hour)
 	tests := []struct {
 		name, service, org string
 		wantStatus         string // "" for no record
@@ -77,8 +78,8 @@ func TestFileLookup(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ans.Source != SourceFile || !ans.FetchedAt.Equal(loaded) {
-				t.Errorf("Source %q FetchedAt %v, want file %v", ans.Source, ans.FetchedAt, loaded)
+			if ans.Source != SourceFile || !ans.FetchedAt.Equal(looked) {
+				t.Errorf("Source %q FetchedAt %v, want file %v", ans.Source, ans.FetchedAt, looked)
 			}
 			switch {
 			case tt.wantStatus == "" && ans.Record != nil:

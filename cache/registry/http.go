@@ -59,7 +59,22 @@ type HTTPConfig struct {
 
 	// Clock stamps Answer.FetchedAt. Default authz.SystemClock.
 	Clock authz.Clock
+
+	// OnCall, when set, is told the result of every Lookup that needed the
+	// registry: one of the Call* constants (a closed set, usable as a metric
+	// label). It runs on the request path: it must be cheap.
+	OnCall func(result string)
 }
+
+// Results reported to HTTPConfig.OnCall.
+const (
+	CallOK          = "ok"           // 200, the record
+	CallNotFound    = "not_found"    // 404, a definite no
+	CallRefused     = "refused"      // 401/403: our credentials are wrong
+	CallError       = "error"        // timeout, connection error, 429, 5xx, a broken answer
+	CallBreakerOpen = "breaker_open" // not made: the breaker is open
+	CallCanceled    = "canceled"     // the caller went away first
+)
 
 // HTTP is the registry source of SPEC §5: it asks the registry over HTTP
 // contract v1 on every Lookup. 200 is the record, 404 a definite no; 401/403
@@ -75,6 +90,7 @@ type HTTP struct {
 	breaker *cache.Breaker
 	log     *zap.Logger
 	clock   authz.Clock
+	onCall  func(result string)
 
 	lastConfigLog atomic.Int64 // clock time (UnixNano) of the last 401/403 log
 }
@@ -103,6 +119,7 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		breaker: cfg.Breaker,
 		log:     cfg.Logger,
 		clock:   cfg.Clock,
+		onCall:  cfg.OnCall,
 	}
 	if cfg.Token != "" {
 		h.auth = "Bearer " + cfg.Token
@@ -182,6 +199,9 @@ func (h *HTTP) Lookup(ctx context.Context, service, org string) (authz.Answer, e
 		ans = a
 		return err
 	})
+	if h.onCall != nil {
+		h.onCall(callResult(ctx, ans, cfgErr, err))
+	}
 	switch {
 	case cfgErr != nil:
 		return authz.Answer{}, cfgErr
@@ -193,5 +213,29 @@ func (h *HTTP) Lookup(ctx context.Context, service, org string) (authz.Answer, e
 		// The breaker refused the call, or the caller's context was done
 		// before it started.
 		return authz.Answer{}, fmt.Errorf("%w: %w", authz.ErrRegistryUnavailable, err)
+	}
+}
+
+// Breaker returns the breaker that guards the registry, for health reports.
+func (h *HTTP) Breaker() *cache.Breaker { return h.breaker }
+
+// BaseURL returns the registry's base URL (it never carries credentials).
+func (h *HTTP) BaseURL() string { return h.base }
+
+// callResult classifies one Lookup for OnCall.
+func callResult(ctx context.Context, ans authz.Answer, cfgErr, err error) string {
+	switch {
+	case cfgErr != nil:
+		return CallRefused
+	case err == nil && ans.Record == nil:
+		return CallNotFound
+	case err == nil:
+		return CallOK
+	case errors.Is(err, cache.ErrBreakerOpen):
+		return CallBreakerOpen
+	case ctx.Err() != nil:
+		return CallCanceled
+	default:
+		return CallError
 	}
 }
