@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/helsegate/helsegate/integration/internal/loopback"
 )
 
 // Paths served by the simulator, relative to the issuer.
@@ -61,7 +63,7 @@ type signingKey struct {
 // Start generates a first signing key, listens on opts.Addr and serves in
 // the background until Close.
 func Start(opts Options) (*Server, error) {
-	addr, err := loopbackAddr(opts.Addr)
+	addr, err := loopback.Addr("helseidsim", opts.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -90,25 +92,6 @@ func Start(opts Options) (*Server, error) {
 		_ = s.srv.Serve(ln)
 	}()
 	return s, nil
-}
-
-// loopbackAddr applies the default address and refuses non-loopback hosts.
-func loopbackAddr(addr string) (string, error) {
-	if addr == "" {
-		return "127.0.0.1:0", nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", fmt.Errorf("helseidsim: bad address %q: %w", addr, err)
-	}
-	if host == "localhost" {
-		return net.JoinHostPort("127.0.0.1", port), nil
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || !ip.IsLoopback() {
-		return "", fmt.Errorf("helseidsim: refusing non-loopback address %q (test double, loopback only)", addr)
-	}
-	return addr, nil
 }
 
 // Close stops the listener and waits for the serve loop to end.

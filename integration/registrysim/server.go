@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/integration/internal/loopback"
 )
 
 // LookupPattern is the route of contract v1, as a net/http pattern.
@@ -127,7 +128,7 @@ type Server struct {
 // Start loads the members, listens on opts.Addr and serves in the
 // background until Close.
 func Start(opts Options) (*Server, error) {
-	addr, err := loopbackAddr(opts.Addr)
+	addr, err := loopback.Addr("registrysim", opts.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -165,25 +166,6 @@ func Start(opts Options) (*Server, error) {
 		_ = s.srv.Serve(ln)
 	}()
 	return s, nil
-}
-
-// loopbackAddr applies the default address and refuses non-loopback hosts.
-func loopbackAddr(addr string) (string, error) {
-	if addr == "" {
-		return "127.0.0.1:0", nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", fmt.Errorf("registrysim: bad address %q: %w", addr, err)
-	}
-	if host == "localhost" {
-		return net.JoinHostPort("127.0.0.1", port), nil
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || !ip.IsLoopback() {
-		return "", fmt.Errorf("registrysim: refusing non-loopback address %q (test double, loopback only)", addr)
-	}
-	return addr, nil
 }
 
 // URL returns the base URL to configure as the gateway's registry, e.g.
