@@ -39,6 +39,11 @@ type Error struct {
 	Reason      string
 	Description string
 	Err         error
+	// Caller is the verified access token's principal when the denial came
+	// after the token verified (scope, proof, binding, policy, membership),
+	// else nil. It is for the audit log only: a request that got an Error
+	// is never authenticated, and Error() never prints it.
+	Caller *Principal
 }
 
 func (e *Error) Error() string {

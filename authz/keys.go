@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -58,11 +59,21 @@ type IssuerKeys struct {
 	lastRefresh time.Time // the last refresh for an unknown kid
 	lastFailure time.Time
 	onRefresh   func(ok bool)
+
+	// For Status: clock time (UnixNano) of the last fetch of the key set
+	// that succeeded and of the last that failed, in the foreground or in
+	// the background; the number of keys of the last good set.
+	okAt   atomic.Int64
+	failAt atomic.Int64
+	nKeys  atomic.Int64
 }
 
 // NewIssuerKeys returns the key source for issuer. jwksURL, when not empty,
 // replaces discovery. No network I/O happens before the first Key call.
-// onRefresh, if not nil, is told about every fetch of the key set.
+// onRefresh, if not nil, is told about every fetch of the key set, once per
+// fetch: those made for a request (the first, an unknown kid), including a
+// failed discovery, and the background refreshes of the cache. It must be
+// cheap and must not call the IssuerKeys.
 func NewIssuerKeys(ctx context.Context, issuer, jwksURL string, client *http.Client, clock Clock, onRefresh func(ok bool)) *IssuerKeys {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
@@ -73,15 +84,63 @@ func NewIssuerKeys(ctx context.Context, issuer, jwksURL string, client *http.Cli
 	if onRefresh == nil {
 		onRefresh = func(bool) {}
 	}
-	return &IssuerKeys{
+	k := &IssuerKeys{
 		issuer:    issuer,
 		override:  jwksURL,
 		client:    client,
 		clock:     clock,
 		ctx:       ctx,
-		cache:     jwk.NewCache(ctx),
 		onRefresh: onRefresh,
 	}
+	// Background refreshes report through the error sink (failures) and the
+	// post-fetch hook (every success, foreground ones included).
+	k.cache = jwk.NewCache(ctx, jwk.WithErrSink(errSink(func(error) { k.refreshed(false) })))
+	return k
+}
+
+// KeyStatus is what IssuerKeys knows of the health of its key set.
+type KeyStatus struct {
+	Issuer      string
+	LastSuccess time.Time // the last good fetch of the key set; zero: none yet
+	LastFailure time.Time // the last failed fetch (or discovery); zero: none
+	Keys        int       // keys in the set last fetched
+}
+
+// Status reports when the key set was last fetched, well or not. It does no
+// I/O. Keys are fetched on the first request, so a fresh process has neither
+// time set.
+func (k *IssuerKeys) Status() KeyStatus {
+	st := KeyStatus{Issuer: k.issuer, Keys: int(k.nKeys.Load())}
+	if t := k.okAt.Load(); t != 0 {
+		st.LastSuccess = time.Unix(0, t)
+	}
+	if t := k.failAt.Load(); t != 0 {
+		st.LastFailure = time.Unix(0, t)
+	}
+	return st
+}
+
+// errSink adapts a function to jwk.ErrSink.
+type errSink func(error)
+
+func (f errSink) Error(err error) { f(err) }
+
+// refreshed records the outcome of one fetch and tells onRefresh.
+func (k *IssuerKeys) refreshed(ok bool) {
+	now := k.clock.Now().UnixNano()
+	if ok {
+		k.okAt.Store(now)
+	} else {
+		k.failAt.Store(now)
+	}
+	k.onRefresh(ok)
+}
+
+// postFetch is the cache's hook after every successful fetch of the set.
+func (k *IssuerKeys) postFetch(_ string, set jwk.Set) (jwk.Set, error) {
+	k.nKeys.Store(int64(set.Len()))
+	k.refreshed(true)
+	return set, nil
 }
 
 // Key implements KeySource.
@@ -134,8 +193,17 @@ func (k *IssuerKeys) set(ctx context.Context) (jwk.Set, error) {
 }
 
 // fetchLocked discovers the JWKS URL when needed, registers it with the cache
-// and fetches it. k.mu is held.
+// and fetches it. k.mu is held. A success is reported by postFetch, a
+// failure here.
 func (k *IssuerKeys) fetchLocked(ctx context.Context) (jwk.Set, error) {
+	set, err := k.fetchSetLocked(ctx)
+	if err != nil {
+		k.refreshed(false)
+	}
+	return set, err
+}
+
+func (k *IssuerKeys) fetchSetLocked(ctx context.Context) (jwk.Set, error) {
 	u := k.override
 	if u == "" {
 		if k.jwksURL != "" && k.clock.Now().Sub(k.discovered) < discoveryTTL {
@@ -148,7 +216,8 @@ func (k *IssuerKeys) fetchLocked(ctx context.Context) (jwk.Set, error) {
 		}
 	}
 	if !k.cache.IsRegistered(u) {
-		err := k.cache.Register(u, jwk.WithHTTPClient(k.client), jwk.WithMinRefreshInterval(minBackgroundRefresh))
+		err := k.cache.Register(u, jwk.WithHTTPClient(k.client), jwk.WithMinRefreshInterval(minBackgroundRefresh),
+			jwk.WithPostFetcher(jwk.PostFetchFunc(k.postFetch)))
 		if err != nil {
 			return nil, fmt.Errorf("register JWKS: %w", err)
 		}
@@ -158,7 +227,6 @@ func (k *IssuerKeys) fetchLocked(ctx context.Context) (jwk.Set, error) {
 		k.discovered = k.clock.Now()
 	}
 	set, err := k.cache.Refresh(ctx, u)
-	k.onRefresh(err == nil)
 	if err != nil {
 		return nil, fmt.Errorf("fetch JWKS: %w", err)
 	}

@@ -124,39 +124,88 @@ type MembershipCheck struct {
 
 // Check authorizes p for the service, or returns the denial: NotMember (403)
 // for a missing, invalid or unauthorized organization, Unavailable (503) when
-// nothing is known and the registry is down or refuses us.
+// nothing is known and the registry is down or refuses us. The denial's
+// Caller is p. With a recording span in ctx, the check is a
+// helseid.membership child span.
 func (m *MembershipCheck) Check(ctx context.Context, p *Principal) *Error {
-	var orgs []string
+	ctx, span := startSpan(ctx, SpanMembership)
+	tier, stale, derr := m.check(ctx, p)
+	if span != nil {
+		result := ReasonMember
+		if derr != nil {
+			result = derr.Reason
+		}
+		span.SetAttributes(
+			AttrMembershipSvc.String(m.Service),
+			AttrMembershipTier.String(tier),
+			AttrMembershipResult.String(result),
+			AttrMembershipStale.Bool(stale),
+		)
+		endSpan(span, derr)
+	}
+	if derr != nil {
+		derr.Caller = p
+	}
+	return derr
+}
+
+// check is Check without the span. tier is the coldest tier that answered
+// ("" when no lookup was made or none answered); stale reports whether an
+// answer was served stale.
+func (m *MembershipCheck) check(ctx context.Context, p *Principal) (tier string, stale bool, derr *Error) {
+	var orgs [2]string
+	n := 1
 	switch m.Rule {
 	case OrgChild:
-		orgs = []string{p.OrgChild}
+		orgs[0] = p.OrgChild
 	case OrgBoth:
-		orgs = []string{p.OrgParent, p.OrgChild}
+		orgs[0], orgs[1] = p.OrgParent, p.OrgChild
+		n = 2
 	default:
-		orgs = []string{p.OrgParent}
+		orgs[0] = p.OrgParent
 	}
-	for _, org := range orgs {
+	for _, org := range orgs[:n] {
 		if org == "" {
-			return deny(NotMember, ReasonNoOrg, "the access token names no organization to authorize")
+			return "", false, deny(NotMember, ReasonNoOrg, "the access token names no organization to authorize")
 		}
 		if !ValidOrgNumber(org) {
-			return deny(NotMember, ReasonInvalidOrg, "the access token names an invalid organization number")
+			return "", false, deny(NotMember, ReasonInvalidOrg, "the access token names an invalid organization number")
 		}
 	}
-	for _, org := range orgs {
+	for _, org := range orgs[:n] {
 		ans, err := m.Source.Lookup(ctx, m.Service, org)
 		switch {
 		case errors.Is(err, ErrRegistryConfig):
-			return denyErr(Unavailable, ReasonRegistryConfig, "the membership registry is unavailable", err)
+			return tier, stale, denyErr(Unavailable, ReasonRegistryConfig, "the membership registry is unavailable", err)
 		case err != nil:
-			return denyErr(Unavailable, ReasonUnavailable, "the membership registry is unavailable", err)
+			return tier, stale, denyErr(Unavailable, ReasonUnavailable, "the membership registry is unavailable", err)
 		}
+		if tierRank(ans.Source) >= tierRank(tier) {
+			tier = ans.Source
+		}
+		stale = stale || ans.Stale
 		if ok, reason := ans.Decide(m.Clock.Now()); !ok {
-			return deny(NotMember, reason, "the organization is not authorized for this service")
+			return tier, stale, deny(NotMember, reason, "the organization is not authorized for this service")
 		}
 	}
-	return nil
+	return tier, stale, nil
+}
+
+// tierRank orders answer sources from the cheapest to the costliest.
+func tierRank(source string) int {
+	switch source {
+	case "":
+		return -1
+	case "local":
+		return 0
+	case "redis":
+		return 1
+	default: // the registry or the file itself
+		return 2
+	}
 }
 
 // String is for logs.
-func (m *MembershipCheck) String() string { return fmt.Sprintf("membership %s (%s)", m.Service, m.Rule) }
+func (m *MembershipCheck) String() string {
+	return fmt.Sprintf("membership %s (%s)", m.Service, m.Rule)
+}

@@ -146,13 +146,29 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	// Replay (RFC 9449 §11.1): the jti, scoped by the key, is seen once in the
 	// whole acceptance window. Checked last so that invalid proofs fill nothing.
 	ttl := v.cfg.DPoPMaxAge + v.cfg.DPoPFutureSkew + time.Second
-	fresh, err := v.replay.FirstUse(ctx, replayKey(jkt, *c.JTI), ttl)
+	rctx, span := startSpan(ctx, SpanReplay)
+	fresh, err := v.replay.FirstUse(rctx, replayKey(jkt, *c.JTI), ttl)
+	if span != nil {
+		result := "fresh"
+		switch {
+		case err != nil:
+			result = "error"
+		case !fresh:
+			result = "replay"
+		}
+		span.SetAttributes(AttrReplayResult.String(result))
+	}
 	if err != nil {
-		return nil, denyErr(Unavailable, "replay_store_unavailable", "the replay store is unavailable", err)
+		derr := denyErr(Unavailable, "replay_store_unavailable", "the replay store is unavailable", err)
+		endSpan(span, derr)
+		return nil, derr
 	}
 	if !fresh {
-		return nil, deny(InvalidProof, "proof_replay", "the DPoP proof has been used before")
+		derr := deny(InvalidProof, "proof_replay", "the DPoP proof has been used before")
+		endSpan(span, derr)
+		return nil, derr
 	}
+	endSpan(span, nil)
 	return &checkedProof{jkt: jkt, nonceAge: nonceAge}, nil
 }
 

@@ -22,28 +22,28 @@ type verifiedToken struct {
 }
 
 // verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725
-// (SPEC §3.2), using the verified-token cache for the signature.
-func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (*verifiedToken, *Error) {
+// (SPEC §3.2), using the verified-token cache for the signature. cached
+// reports whether the signature check came from that cache.
+func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
 	sum := sha256.Sum256([]byte(token))
 	vt, ok := v.tokens.get(sum)
 	if !ok {
-		var derr *Error
 		if vt, derr = v.verifyTokenSignature(ctx, token); derr != nil {
-			return nil, derr
+			return nil, false, derr
 		}
 	}
 	// exp is required and checked with the configured leeway (RFC 7519 §4.1.4).
 	if !now.Before(vt.exp.Add(v.cfg.ClockSkew)) {
-		return nil, deny(InvalidToken, "token_expired", "the access token has expired")
+		return nil, ok, deny(InvalidToken, "token_expired", "the access token has expired")
 	}
 	// nbf, when present, must have passed (RFC 7519 §4.1.5).
 	if !vt.nbf.IsZero() && now.Add(v.cfg.ClockSkew).Before(vt.nbf) {
-		return nil, deny(InvalidToken, "token_not_yet_valid", "the access token is not yet valid")
+		return nil, ok, deny(InvalidToken, "token_not_yet_valid", "the access token is not yet valid")
 	}
 	if !ok {
 		v.tokens.put(sum, vt, now)
 	}
-	return vt, nil
+	return vt, ok, nil
 }
 
 // verifyTokenSignature parses the token, checks its header and signature and

@@ -145,17 +145,11 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	}
 
 	// 2. The access token.
-	vt, derr := v.verifyToken(ctx, token, now)
+	vt, derr := v.verifyTokenSpan(ctx, token, now)
 	if derr != nil {
 		return nil, derr
 	}
 	c := &vt.claims
-	// Every configured scope is required.
-	for _, s := range v.cfg.Scopes {
-		if !c.Scope.has(s) {
-			return nil, deny(InsufficientScope, "scope_missing", "the access token lacks a required scope")
-		}
-	}
 
 	p := &Principal{
 		Scheme:         scheme,
@@ -175,27 +169,41 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	if c.PID != "" {
 		p.Kind = KindUser
 	}
+	if c.Cnf != nil {
+		// The thumbprint the token is bound to; a proof that verifies has
+		// exactly this one. Set before the proof is checked so that the
+		// audit entry of a proof failure names it.
+		p.JKT = *c.Cnf.JKT
+	}
+	// Every configured scope is required.
+	for _, s := range v.cfg.Scopes {
+		if !c.Scope.has(s) {
+			return nil, withCaller(deny(InsufficientScope, "scope_missing", "the access token lacks a required scope"), p)
+		}
+	}
 
 	// 3. The proof and the binding.
 	if scheme == "Bearer" {
 		// A DPoP-bound token must never be accepted as a bearer token (RFC 9449 §7.2).
 		if c.Cnf != nil {
-			return nil, deny(InvalidToken, "bound_token_as_bearer", "a DPoP-bound token must be sent with the DPoP scheme")
+			return nil, withCaller(deny(InvalidToken, "bound_token_as_bearer", "a DPoP-bound token must be sent with the DPoP scheme"), p)
 		}
 	} else {
 		// The DPoP scheme needs a DPoP-bound token (RFC 9449 §7.1).
 		if c.Cnf == nil {
-			return nil, deny(InvalidToken, "token_not_bound", "the access token is not DPoP-bound")
+			return nil, withCaller(deny(InvalidToken, "token_not_bound", "the access token is not DPoP-bound"), p)
 		}
 		target := proofTarget{method: r.Method, token: token, jkt: *c.Cnf.JKT}
 		htu, err := v.expectedHTU(r)
 		if err != nil {
-			return nil, denyErr(InvalidRequest, "malformed_request", "the request URI is malformed", err)
+			return nil, withCaller(denyErr(InvalidRequest, "malformed_request", "the request URI is malformed", err), p)
 		}
 		target.htu = htu
-		cp, derr := v.verifyProof(ctx, proof, target, now)
+		pctx, span := startSpan(ctx, SpanVerifyProof)
+		cp, derr := v.verifyProof(pctx, proof, target, now)
+		endSpan(span, derr)
 		if derr != nil {
-			return nil, derr
+			return nil, withCaller(derr, p)
 		}
 		p.JKT = cp.jkt
 		if v.nonces != nil && cp.nonceAge > NonceLifetime/2 {
@@ -205,9 +213,27 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 
 	// 4. Token kind and user policy.
 	if derr := v.checkPolicy(p); derr != nil {
-		return nil, derr
+		return nil, withCaller(derr, p)
 	}
 	return p, nil
+}
+
+// verifyTokenSpan is verifyToken in a helseid.verify_token span.
+func (v *Verifier) verifyTokenSpan(ctx context.Context, token string, now time.Time) (*verifiedToken, *Error) {
+	tctx, span := startSpan(ctx, SpanVerifyToken)
+	vt, cached, derr := v.verifyToken(tctx, token, now)
+	if span != nil {
+		span.SetAttributes(AttrTokenCached.Bool(cached))
+		endSpan(span, derr)
+	}
+	return vt, derr
+}
+
+// withCaller attaches the verified token's principal to a denial, for the
+// audit log.
+func withCaller(derr *Error, p *Principal) *Error {
+	derr.Caller = p
+	return derr
 }
 
 // expectedHTU is the normalized URI the proof must name: the public origin

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -28,6 +29,10 @@ var ErrBreakerOpen = errors.New("cache: circuit breaker open")
 // every call and never opens.
 type Breaker struct {
 	cb *gobreaker.CircuitBreaker[struct{}]
+	// Wall-clock time (UnixNano) of the last call that succeeded and of the
+	// last that failed, for health reports.
+	okAt   atomic.Int64
+	failAt atomic.Int64
 }
 
 // BreakerOption configures NewBreaker.
@@ -91,6 +96,31 @@ func (b *Breaker) Name() string {
 	return b.cb.Name()
 }
 
+// LastSuccess returns when a call through the breaker last succeeded (zero:
+// never, or a nil Breaker).
+func (b *Breaker) LastSuccess() time.Time {
+	if b == nil {
+		return time.Time{}
+	}
+	return unixNano(b.okAt.Load())
+}
+
+// LastFailure returns when a call through the breaker last failed or was
+// refused (zero: never, or a nil Breaker).
+func (b *Breaker) LastFailure() time.Time {
+	if b == nil {
+		return time.Time{}
+	}
+	return unixNano(b.failAt.Load())
+}
+
+func unixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
 // State returns "closed", "open" or "half-open" (a nil Breaker is "closed").
 func (b *Breaker) State() string {
 	if b == nil {
@@ -122,12 +152,15 @@ func (b *Breaker) Do(ctx context.Context, fn func(context.Context) error) error 
 	var gone callerGone
 	switch {
 	case err == nil:
+		b.okAt.Store(time.Now().UnixNano())
 		return nil
 	case errors.As(err, &gone):
 		return gone.err
 	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		b.failAt.Store(time.Now().UnixNano())
 		return fmt.Errorf("%w: %s", ErrBreakerOpen, b.cb.Name())
 	default:
+		b.failAt.Store(time.Now().UnixNano())
 		return err
 	}
 }

@@ -238,6 +238,15 @@ func fromOptions(so *redis.Options) *redis.UniversalOptions {
 	}
 }
 
+// Redact returns err with every form of the password removed (see redact),
+// for errors of the client made from this configuration.
+func (c RedisConfig) Redact(err error) error {
+	if err == nil {
+		return nil
+	}
+	return c.redact(err)
+}
+
 // redact prefixes err for the operator and removes every form of the
 // password it can know: the Password field and the userinfo of the URL,
 // raw and decoded, even when the URL does not parse.

@@ -18,6 +18,9 @@ func init() {
 
 // adminAPI adds helsegate's routes to Caddy's admin endpoint:
 //
+//	GET /helseid/health   JSON report of the issuers' keys, Redis and the
+//	                      membership registries; 503 when one is down (see health.go)
+//
 //	POST /helseid/membership/invalidate
 //	{"service":"kjernejournal","organization":"917897468"}  one answer
 //	{"service":"kjernejournal"}                               every org of a service
@@ -40,6 +43,9 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: "/helseid/membership/invalidate",
 		Handler: caddy.AdminHandlerFunc(a.invalidate),
+	}, {
+		Pattern: "/helseid/health",
+		Handler: caddy.AdminHandlerFunc(a.health),
 	}}
 }
 

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -64,55 +65,73 @@ func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	repl.Set("http.auth.user.jkt", p.JKT)
 }
 
-// auditAllow writes the audit entry of an allowed request.
-func (h *Handler) auditAllow(r *http.Request, p *authz.Principal) {
-	if ce := h.audit.Check(zap.InfoLevel, "allow"); ce != nil {
-		reason := "ok"
-		if h.membership != nil {
-			reason = authz.ReasonMember
-		}
-		ce.Write(
-			zap.String("decision", "allow"),
-			zap.String("reason", reason),
-			zap.String("service", h.service()),
+// auditDecision writes the one audit entry of a decision, at Info on the
+// logger http.handlers.helseid.audit (operators route it with
+// log { include http.handlers.helseid.audit }): decision, reason
+// code (authz.AllowReasons, authz.DenialReasons), the HTTP status of a
+// denial (0: none, for an allow, whose status is the upstream's), service,
+// method, path without query, trace id, and who the caller is when the
+// access token verified: client_id, org numbers, token kind, security level,
+// HPR number, DPoP thumbprint and token jti. Never the token, the proof or the
+// pid: authz.Principal does not hold them. The HPR number appears here and
+// nowhere else in the logs. A caller whose token did not verify is not
+// described: unverified claims are not evidence.
+func (h *Handler) auditDecision(ctx context.Context, r *http.Request, decision, reason string, status int, p *authz.Principal) {
+	ce := h.audit.Check(zap.InfoLevel, decision)
+	if ce == nil {
+		return
+	}
+	fields := make([]zap.Field, 0, 18)
+	fields = append(fields,
+		zap.String("decision", decision),
+		zap.String("reason", reason),
+	)
+	if status != 0 {
+		fields = append(fields, zap.Int("status", status))
+	}
+	fields = append(fields,
+		zap.String("service", h.service()),
+		zap.String("method", r.Method),
+		zap.String("path", r.URL.Path),
+	)
+	if id := traceID(ctx); id != "" {
+		fields = append(fields, zap.String("trace_id", id))
+	}
+	if p != nil {
+		fields = append(fields,
 			zap.String("client_id", p.ClientID),
 			zap.String("org_parent", p.OrgParent),
 			zap.String("org_child", p.OrgChild),
 			zap.String("org_supplier", p.OrgSupplier),
 			zap.String("token_kind", string(p.Kind)),
-			zap.String("method", r.Method),
-			zap.String("path", r.URL.Path),
+			zap.String("security_level", p.SecurityLevel),
+			zap.String("hpr_number", p.HPRNumber),
 			zap.String("jkt", p.JKT),
 			zap.String("token_jti", p.TokenID),
 		)
 	}
+	ce.Write(fields...)
 }
 
-// auditDenial writes the audit entry of a denied request. p is the verified
-// caller when the denial came after verification (policy, membership), else
-// nil: an unverified caller's claims are not logged.
-func (h *Handler) auditDenial(r *http.Request, p *authz.Principal, derr *authz.Error) {
-	if ce := h.audit.Check(zap.InfoLevel, "deny"); ce != nil {
-		fields := []zap.Field{
-			zap.String("decision", "deny"),
-			zap.String("reason", derr.Reason),
-			zap.Int("status", status(derr.Kind)),
-			zap.String("service", h.service()),
-			zap.String("method", r.Method),
-			zap.String("path", r.URL.Path),
-		}
-		if p != nil {
-			fields = append(fields,
-				zap.String("client_id", p.ClientID),
-				zap.String("org_parent", p.OrgParent),
-				zap.String("org_child", p.OrgChild),
-				zap.String("org_supplier", p.OrgSupplier),
-				zap.String("jkt", p.JKT),
-				zap.String("token_jti", p.TokenID),
-			)
-		}
-		ce.Write(fields...)
+// allowReason is the reason code of an allowed request on this route.
+func (h *Handler) allowReason() string {
+	if h.membership != nil {
+		return authz.ReasonMember
 	}
+	return authz.ReasonOK
+}
+
+// auditAllow writes the audit entry of an allowed request.
+func (h *Handler) auditAllow(ctx context.Context, r *http.Request, p *authz.Principal) {
+	h.auditDecision(ctx, r, "allow", h.allowReason(), 0, p)
+}
+
+// auditDenial writes the audit entry of a denied request, with the verified
+// caller when the denial came after the access token verified
+// (derr.Caller), and the operator's log line: a dead dependency at Error (at
+// most one per 10 s), a rejected client at Debug.
+func (h *Handler) auditDenial(ctx context.Context, r *http.Request, derr *authz.Error) {
+	h.auditDecision(ctx, r, "deny", derr.Reason, status(derr.Kind), derr.Caller)
 	if derr.Kind == authz.Unavailable {
 		if !h.depLog.allow() {
 			return

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -121,48 +120,27 @@ func (h *Handler) unmarshalMembership(d *caddyfile.Dispenser) error {
 // so a reload keeps what it knows. Its goroutines (file polling, Redis
 // invalidation) stop when the last user lets go.
 type pooledMembership struct {
-	cached *cache.CachedMembership
-	redis  *pooledRedis // nil without redis
-	prefix string
-	cancel context.CancelFunc
+	cached  *cache.CachedMembership
+	redis   *pooledRedis // nil without redis
+	prefix  string
+	cancel  context.CancelFunc
+	service string
+	http    *registry.HTTP // the source: one of http and file
+	file    *registry.File
 }
 
 func (p *pooledMembership) Destruct() error {
 	p.cancel()
 	memberships.remove(p)
+	if p.http != nil {
+		liveBreakers.remove(p.http.Breaker())
+	}
 	return nil
 }
 
 // memberships lists the live membership caches of this process, for the
-// admin invalidation endpoint.
-var memberships = &membershipSet{m: map[*pooledMembership]struct{}{}}
-
-type membershipSet struct {
-	mu sync.Mutex
-	m  map[*pooledMembership]struct{}
-}
-
-func (s *membershipSet) add(p *pooledMembership) {
-	s.mu.Lock()
-	s.m[p] = struct{}{}
-	s.mu.Unlock()
-}
-
-func (s *membershipSet) remove(p *pooledMembership) {
-	s.mu.Lock()
-	delete(s.m, p)
-	s.mu.Unlock()
-}
-
-func (s *membershipSet) list() []*pooledMembership {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*pooledMembership, 0, len(s.m))
-	for p := range s.m {
-		out = append(out, p)
-	}
-	return out
-}
+// admin endpoints (invalidation, health).
+var memberships = newSet[*pooledMembership]()
 
 // provisionMembership builds the membership check of the route: the source
 // (HTTP registry or file) wrapped in the shared cache.
@@ -197,9 +175,11 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 		time.Duration(m.CacheTTL).String(), time.Duration(m.NegativeTTL).String(), time.Duration(m.StaleFor).String(),
 		time.Duration(m.Timeout).String(), redisIdentity(h.Redis)}, "|")
 	logger := h.logger.Named("membership")
+	metrics := getMetrics()
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		var src authz.Membership
 		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		pm := &pooledMembership{cancel: cancel, redis: rc, service: m.Service}
 		if m.File != "" {
 			f, err := registry.NewFile(m.File, authz.SystemClock, logger)
 			if err != nil {
@@ -207,30 +187,33 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 				return nil, fmt.Errorf("helseid: membership file: %w", err)
 			}
 			f.Start(mctx)
-			src = f
+			src, pm.file = f, f
 		} else {
 			hs, err := registry.NewHTTP(registry.HTTPConfig{
 				BaseURL: m.Registry,
 				Token:   m.RegistryToken,
 				Timeout: time.Duration(m.Timeout),
-				Breaker: cache.NewBreaker("registry", cache.WithStateChange(breakerLogger(logger))),
+				Breaker: cache.NewBreaker("registry", cache.WithStateChange(breakerChanged(logger))),
 				Logger:  logger,
 				Clock:   authz.SystemClock,
+				OnCall:  metrics.registryCall,
 			})
 			if err != nil {
 				cancel()
 				return nil, fmt.Errorf("helseid: membership registry: %w", err)
 			}
-			src = hs
+			src, pm.http = hs, hs
+			liveBreakers.add(hs.Breaker())
 		}
 		opts := cache.MembershipCacheOptions{
-			PositiveTTL: time.Duration(m.CacheTTL),
-			NegativeTTL: time.Duration(m.NegativeTTL),
-			StaleFor:    time.Duration(m.StaleFor),
-			Clock:       authz.SystemClock,
-			Logger:      logger,
+			PositiveTTL:    time.Duration(m.CacheTTL),
+			NegativeTTL:    time.Duration(m.NegativeTTL),
+			StaleFor:       time.Duration(m.StaleFor),
+			Clock:          authz.SystemClock,
+			Logger:         logger,
+			OnResult:       metrics.membershipResult,
+			OnInvalidation: func(event string) { metrics.invalidations.WithLabelValues(event).Inc() },
 		}
-		pm := &pooledMembership{cancel: cancel, redis: rc}
 		if rc != nil {
 			opts.Redis = rc.client
 			opts.RedisBreaker = rc.breaker
@@ -263,8 +246,11 @@ func redisIdentity(r *cache.RedisConfig) string {
 	return r.PoolKey() + r.Prefix()
 }
 
-func breakerLogger(logger *zap.Logger) func(name, from, to string) {
+// breakerChanged logs a breaker's state change and counts it.
+func breakerChanged(logger *zap.Logger) func(name, from, to string) {
+	m := getMetrics()
 	return func(name, from, to string) {
+		m.breakerChanged(name, from, to)
 		logger.Warn("circuit breaker changed state", zap.String("dependency", name), zap.String("from", from), zap.String("to", to))
 	}
 }

@@ -100,6 +100,7 @@ type Handler struct {
 	poolKeys   []string
 	forward    bool
 	depLog     *logEvery // dead-dependency lines: at most one per 10 s
+	metrics    *helseidMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -116,6 +117,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.depLog = &logEvery{interval: 10 * time.Second}
 	h.audit = h.logger.Named("audit")
+	h.metrics = getMetrics()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("helseid: registering metrics: %w", err)
+	}
 	if err := h.resolvePlaceholders(); err != nil {
 		return err
 	}
@@ -232,19 +237,25 @@ func (h *Handler) authzConfig() (authz.Config, error) {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	start := time.Now()
 	// Inbound copies of the identity headers never reach the upstream (SPEC §6).
 	stripIdentityHeaders(r.Header)
 
+	// The context is the current request's: with Caddy's tracing on it
+	// carries the request span (Caddy's original-request copy predates it).
+	ctx := r.Context()
 	orig := originalRequest(r)
-	p, derr := h.verifier.Verify(r.Context(), h.authzRequest(r, orig))
+	p, derr := h.verifier.Verify(ctx, h.authzRequest(r, orig))
 	if derr == nil && h.membership != nil {
-		derr = h.membership.Check(r.Context(), p)
+		derr = h.membership.Check(ctx, p)
 	}
 	if derr != nil {
-		h.auditDenial(orig, p, derr)
+		h.metrics.decided(outcomeOf(derr.Kind), derr.Reason, time.Since(start))
+		h.auditDenial(ctx, orig, derr)
 		return h.deny(w, r, derr)
 	}
-	h.auditAllow(orig, p)
+	h.metrics.decided(outcomeAllow, h.allowReason(), time.Since(start))
+	h.auditAllow(ctx, orig, p)
 	h.setIdentity(r, p)
 	if p.NonceRefresh != "" {
 		w.Header().Set("DPoP-Nonce", p.NonceRefresh)

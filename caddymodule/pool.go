@@ -37,15 +37,22 @@ type pooledKeys struct {
 
 func (p *pooledKeys) Destruct() error {
 	p.cancel()
+	liveKeys.remove(p)
 	return nil
 }
 
 type pooledRedis struct {
 	client  redis.UniversalClient
 	breaker *cache.Breaker
+	addrs   []string          // host:port, never credentials (health report)
+	redact  func(error) error // removes the password from an error
 }
 
-func (p *pooledRedis) Destruct() error { return p.client.Close() }
+func (p *pooledRedis) Destruct() error {
+	liveRedis.remove(p)
+	liveBreakers.remove(p.breaker)
+	return p.client.Close()
+}
 
 type pooledLocal struct{ *cache.LocalReplay }
 
@@ -55,15 +62,19 @@ func (pooledLocal) Destruct() error { return nil }
 func (h *Handler) issuerKeys(ctx caddy.Context, cfg authz.Config) (authz.KeySource, error) {
 	key := "keys|" + cfg.Issuer + "|" + cfg.JWKSURL
 	logger := h.logger
+	m := getMetrics()
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		onRefresh := func(ok bool) {
+			m.jwksRefresh(ok)
 			if !ok {
 				logger.Warn("fetching the issuer's keys failed; the last good keys keep serving", zap.String("issuer", cfg.Issuer))
 			}
 		}
 		client := &http.Client{Timeout: 10 * time.Second}
-		return &pooledKeys{IssuerKeys: authz.NewIssuerKeys(kctx, cfg.Issuer, cfg.JWKSURL, client, authz.SystemClock, onRefresh), cancel: cancel}, nil
+		pk := &pooledKeys{IssuerKeys: authz.NewIssuerKeys(kctx, cfg.Issuer, cfg.JWKSURL, client, authz.SystemClock, onRefresh), cancel: cancel}
+		liveKeys.add(pk)
+		return pk, nil
 	})
 	if err != nil {
 		return nil, err
@@ -84,9 +95,13 @@ func (h *Handler) redisClient() (*pooledRedis, error) {
 	}
 	key := "redis|" + h.Redis.PoolKey()
 	logger := h.logger
+	rcfg := *h.Redis
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		br := cache.NewBreaker("redis", cache.WithStateChange(breakerLogger(logger)))
-		return &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br}, nil
+		br := cache.NewBreaker("redis", cache.WithStateChange(breakerChanged(logger)))
+		pr := &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br, addrs: opts.Addrs, redact: rcfg.Redact}
+		liveBreakers.add(br)
+		liveRedis.add(pr)
+		return pr, nil
 	})
 	if err != nil {
 		return nil, err
@@ -118,7 +133,9 @@ func (h *Handler) replayStore(pr *pooledRedis) (authz.ReplayStore, error) {
 	if mode == "" {
 		mode = "local"
 	}
+	m := getMetrics()
 	return cache.NewFallbackReplay(remote, local, mode, func(err error) {
+		m.replayFallbacks.Inc()
 		if h.depLog.allow() {
 			logger.Warn("redis replay store failed; using the in-process store", zap.Error(err))
 		}

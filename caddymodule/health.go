@@ -1,0 +1,279 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// set is a set of the live pooled objects of this process. The admin
+// endpoints and the breaker gauge read it; the pool's constructors add to it
+// and the destructors remove.
+type set[T comparable] struct {
+	mu sync.Mutex
+	m  map[T]struct{}
+}
+
+func newSet[T comparable]() *set[T] { return &set[T]{m: map[T]struct{}{}} }
+
+func (s *set[T]) add(v T) {
+	s.mu.Lock()
+	s.m[v] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *set[T]) remove(v T) {
+	s.mu.Lock()
+	delete(s.m, v)
+	s.mu.Unlock()
+}
+
+func (s *set[T]) list() []T {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]T, 0, len(s.m))
+	for v := range s.m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// The live key sources and Redis clients (memberships: see membership.go).
+var (
+	liveKeys  = newSet[*pooledKeys]()
+	liveRedis = newSet[*pooledRedis]()
+)
+
+// healthPingTimeout bounds the PING of each Redis.
+const healthPingTimeout = 200 * time.Millisecond
+
+// Health statuses. A report's status is its worst part's: "down" answers 503.
+const (
+	healthOK       = "ok"
+	healthPending  = "pending"  // issuer keys not fetched yet (no request so far): not a failure
+	healthDegraded = "degraded" // still serving: keys from the last good set, a breaker half-open or open while Redis answers PING
+	healthDown     = "down"
+)
+
+// healthReport is the body of GET /helseid/health. It holds no secret: no
+// token, no password, no URL with credentials, no organization.
+type healthReport struct {
+	Status     string           `json:"status"`
+	Time       time.Time        `json:"time"`
+	Issuers    []issuerHealth   `json:"issuers"`
+	Redis      []redisHealth    `json:"redis"`
+	Registries []registryHealth `json:"registries"`
+}
+
+type issuerHealth struct {
+	Issuer      string     `json:"issuer"`
+	Status      string     `json:"status"`
+	LastSuccess *time.Time `json:"jwks_last_success,omitempty"`
+	AgeSeconds  *float64   `json:"jwks_age_seconds,omitempty"`
+	LastFailure *time.Time `json:"jwks_last_failure,omitempty"`
+	Keys        int        `json:"keys"`
+}
+
+type redisHealth struct {
+	Addrs       []string   `json:"addrs"`
+	Status      string     `json:"status"`
+	Breaker     string     `json:"breaker"`
+	Ping        string     `json:"ping"`
+	PingMillis  float64    `json:"ping_ms"`
+	Error       string     `json:"error,omitempty"`
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	LastFailure *time.Time `json:"last_failure,omitempty"`
+}
+
+type registryHealth struct {
+	Service     string     `json:"service"`
+	Source      string     `json:"source"` // "http" or "file"
+	URL         string     `json:"url,omitempty"`
+	Path        string     `json:"path,omitempty"`
+	Status      string     `json:"status"`
+	Breaker     string     `json:"breaker,omitempty"`
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	AgeSeconds  *float64   `json:"age_seconds,omitempty"`
+	LastFailure *time.Time `json:"last_failure,omitempty"`
+}
+
+// health answers GET /helseid/health: 200 when nothing is down, 503 when
+// something is, with the report as JSON either way.
+func (a *adminAPI) health(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
+	}
+	rep := buildHealth(r.Context(), time.Now())
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if rep.Status == healthDown {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// buildHealth looks at every live issuer key source, Redis client and
+// membership source of the process. It pings each Redis (concurrently, each
+// within healthPingTimeout) and does no other I/O.
+func buildHealth(ctx context.Context, now time.Time) healthReport {
+	rep := healthReport{Status: healthOK, Time: now.UTC(),
+		Issuers: []issuerHealth{}, Redis: []redisHealth{}, Registries: []registryHealth{}}
+	worse := func(s string) {
+		if rank(s) > rank(rep.Status) {
+			rep.Status = s
+		}
+	}
+
+	for _, k := range liveKeys.list() {
+		st := k.Status()
+		ih := issuerHealth{Issuer: withoutUserinfo(st.Issuer), Keys: st.Keys}
+		if !st.LastSuccess.IsZero() {
+			ih.LastSuccess = timePtr(st.LastSuccess)
+			ih.AgeSeconds = secondsPtr(now.Sub(st.LastSuccess))
+		}
+		if !st.LastFailure.IsZero() {
+			ih.LastFailure = timePtr(st.LastFailure)
+		}
+		switch {
+		case st.LastSuccess.IsZero() && st.LastFailure.IsZero():
+			ih.Status = healthPending
+		case st.LastSuccess.IsZero():
+			ih.Status = healthDown // requests get 503 jwks_unavailable
+		case st.LastFailure.After(st.LastSuccess):
+			ih.Status = healthDegraded // the last good set keeps serving
+		default:
+			ih.Status = healthOK
+		}
+		worse(ih.Status)
+		rep.Issuers = append(rep.Issuers, ih)
+	}
+
+	rediss := liveRedis.list()
+	rep.Redis = make([]redisHealth, len(rediss))
+	var wg sync.WaitGroup
+	for i, pr := range rediss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep.Redis[i] = redisStatus(ctx, pr)
+		}()
+	}
+	wg.Wait()
+	for _, rh := range rep.Redis {
+		worse(rh.Status)
+	}
+
+	for _, pm := range memberships.list() {
+		rh := registryHealth{Service: pm.service}
+		switch {
+		case pm.http != nil:
+			br := pm.http.Breaker()
+			rh.Source, rh.URL, rh.Breaker = "http", withoutUserinfo(pm.http.BaseURL()), br.State()
+			if t := br.LastSuccess(); !t.IsZero() {
+				rh.LastSuccess = timePtr(t)
+				rh.AgeSeconds = secondsPtr(now.Sub(t))
+			}
+			if t := br.LastFailure(); !t.IsZero() {
+				rh.LastFailure = timePtr(t)
+			}
+			switch rh.Breaker {
+			case "open":
+				rh.Status = healthDown
+			case "half-open":
+				rh.Status = healthDegraded
+			default:
+				rh.Status = healthOK
+			}
+		case pm.file != nil:
+			rh.Source, rh.Path, rh.Status = "file", pm.file.Path(), healthOK
+			t := pm.file.LoadedAt()
+			rh.LastSuccess = timePtr(t)
+			rh.AgeSeconds = secondsPtr(now.Sub(t))
+		default:
+			continue
+		}
+		worse(rh.Status)
+		rep.Registries = append(rep.Registries, rh)
+	}
+
+	sort.Slice(rep.Issuers, func(i, j int) bool { return rep.Issuers[i].Issuer < rep.Issuers[j].Issuer })
+	sort.Slice(rep.Redis, func(i, j int) bool { return fmt.Sprint(rep.Redis[i].Addrs) < fmt.Sprint(rep.Redis[j].Addrs) })
+	sort.Slice(rep.Registries, func(i, j int) bool {
+		a, b := rep.Registries[i], rep.Registries[j]
+		return a.Service+"|"+a.URL+a.Path < b.Service+"|"+b.URL+b.Path
+	})
+	return rep
+}
+
+// redisStatus pings one Redis, directly (not through its breaker: the probe
+// must neither be refused by an open breaker nor count towards it).
+func redisStatus(ctx context.Context, pr *pooledRedis) redisHealth {
+	rh := redisHealth{Addrs: pr.addrs, Breaker: pr.breaker.State()}
+	if t := pr.breaker.LastSuccess(); !t.IsZero() {
+		rh.LastSuccess = timePtr(t)
+	}
+	if t := pr.breaker.LastFailure(); !t.IsZero() {
+		rh.LastFailure = timePtr(t)
+	}
+	pctx, cancel := context.WithTimeout(ctx, healthPingTimeout)
+	defer cancel()
+	start := time.Now()
+	err := pr.client.Ping(pctx).Err()
+	rh.PingMillis = float64(time.Since(start).Microseconds()) / 1000
+	switch {
+	case err != nil:
+		rh.Ping, rh.Status = "error", healthDown
+		rh.Error = pr.redact(err).Error()
+	case rh.Breaker != "closed":
+		rh.Ping, rh.Status = "ok", healthDegraded
+	default:
+		rh.Ping, rh.Status = "ok", healthOK
+	}
+	return rh
+}
+
+func rank(status string) int {
+	switch status {
+	case healthDown:
+		return 2
+	case healthDegraded:
+		return 1
+	default:
+		return 0
+	}
+}
+
+// withoutUserinfo drops user:password@ from a URL, should one carry it.
+func withoutUserinfo(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	if u.User == nil {
+		return raw
+	}
+	u.User = nil
+	return u.String()
+}
+
+func timePtr(t time.Time) *time.Time {
+	t = t.UTC()
+	return &t
+}
+
+func secondsPtr(d time.Duration) *float64 {
+	s := d.Round(time.Millisecond).Seconds()
+	return &s
+}

@@ -1,0 +1,278 @@
+package caddymodule
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/cache"
+	"github.com/helsegate/helsegate/cache/registry"
+)
+
+// The Prometheus metrics of helsegate, caddy_helseid_*. Every label is from a
+// closed set (an outcome, a reason code, a cache tier and result, a call
+// result, a dependency name): never an organization, a client, a key, a kid,
+// an issuer URL or a path.
+//
+// The collectors are created once per process and registered in the metrics
+// registry of every config that provisions a helseid handler (Caddy makes a
+// new registry per config load), so counters survive reloads. The children of
+// the request path are resolved once, here, so that counting a request is a
+// map lookup and an atomic add, without allocating.
+
+const (
+	metricsNamespace = "caddy"
+	metricsSubsystem = "helseid"
+)
+
+// Outcomes of a request: the value of the outcome label.
+const (
+	outcomeAllow = "allow"
+	outcomeDeny  = "deny"  // the caller's fault: 400, 401, 403
+	outcomeError = "error" // a dependency failed: 503
+)
+
+// outcomeOf is the outcome of a denial of kind k.
+func outcomeOf(k authz.Kind) string {
+	if k == authz.Unavailable {
+		return outcomeError
+	}
+	return outcomeDeny
+}
+
+// durationBuckets spans a cached token with a fresh proof (~100 µs) to a
+// registry call near its timeout.
+var durationBuckets = []float64{
+	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+}
+
+// reasonMetrics are the pre-resolved series of one (outcome, reason).
+type reasonMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+	replay   bool // a replay detection: counts in replays_total too
+}
+
+type tierResult struct{ tier, result string }
+
+type helseidMetrics struct {
+	requests           *prometheus.CounterVec
+	duration           *prometheus.HistogramVec
+	membership         *prometheus.CounterVec
+	registryCalls      *prometheus.CounterVec
+	jwksRefreshes      *prometheus.CounterVec
+	replays            prometheus.Counter
+	replayFallbacks    prometheus.Counter
+	invalidations      *prometheus.CounterVec
+	breakerTransitions *prometheus.CounterVec
+	breakerState       *breakerCollector
+
+	// Pre-resolved children. Written once in init, read-only after.
+	byReason        map[string]map[string]reasonMetrics // outcome -> reason -> series
+	membershipChild map[tierResult]prometheus.Counter
+	registryChild   map[string]prometheus.Counter
+	jwksOK, jwksErr prometheus.Counter
+}
+
+var (
+	metricsOnce sync.Once
+	hgMetrics   *helseidMetrics
+)
+
+// getMetrics returns the process's collectors, creating them the first time.
+func getMetrics() *helseidMetrics {
+	metricsOnce.Do(func() { hgMetrics = newHelseidMetrics() })
+	return hgMetrics
+}
+
+func newHelseidMetrics() *helseidMetrics {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+	}
+	m := &helseidMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_total",
+			"Decisions of the helseid handler, by outcome (allow, deny, error) and reason code.")),
+			[]string{"outcome", "reason"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "verification_duration_seconds",
+			Help:    "Time from the request entering the helseid handler to its decision (token, proof, replay, membership), by outcome.",
+			Buckets: durationBuckets,
+		}, []string{"outcome"}),
+		membership: prometheus.NewCounterVec(prometheus.CounterOpts(opts("membership_cache_results_total",
+			"Membership lookups per cache tier (local, redis, registry) and result (hit, miss, stale, error).")),
+			[]string{"tier", "result"}),
+		registryCalls: prometheus.NewCounterVec(prometheus.CounterOpts(opts("registry_calls_total",
+			"Calls of the membership registry (HTTP contract v1), by result.")),
+			[]string{"result"}),
+		jwksRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts(opts("jwks_refreshes_total",
+			"Fetches of an issuer's key set (discovery included), by result (ok, error).")),
+			[]string{"result"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts(opts("replays_total",
+			"DPoP proofs refused because they were used before."))),
+		replayFallbacks: prometheus.NewCounter(prometheus.CounterOpts(opts("replay_store_fallbacks_total",
+			"Replay checks answered by the in-process store because Redis failed (on_store_error local)."))),
+		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("membership_invalidations_total",
+			"Events of the membership invalidation subscriber (applied, malformed, resubscribed).")),
+			[]string{"event"}),
+		breakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts(opts("breaker_transitions_total",
+			"Circuit breaker state changes, by dependency (redis, registry) and new state.")),
+			[]string{"dependency", "to"}),
+		breakerState: &breakerCollector{desc: prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "breaker_state"),
+			"Circuit breaker state per dependency (redis, registry): 0 closed, 1 half-open, 2 open; the worst of the live breakers.",
+			[]string{"dependency"}, nil)},
+		byReason:        map[string]map[string]reasonMetrics{outcomeAllow: {}, outcomeDeny: {}, outcomeError: {}},
+		membershipChild: map[tierResult]prometheus.Counter{},
+		registryChild:   map[string]prometheus.Counter{},
+	}
+	for _, o := range []string{outcomeAllow, outcomeDeny, outcomeError} {
+		_ = m.duration.WithLabelValues(o)
+	}
+	for _, r := range authz.AllowReasons() {
+		m.byReason[outcomeAllow][r.Code] = m.resolve(outcomeAllow, r.Code)
+	}
+	for _, r := range authz.DenialReasons() {
+		o := outcomeOf(r.Kind)
+		m.byReason[o][r.Code] = m.resolve(o, r.Code)
+	}
+	for _, tr := range []tierResult{
+		{cache.TierLocal, cache.ResultHit}, {cache.TierLocal, cache.ResultMiss},
+		{cache.TierRedis, cache.ResultHit}, {cache.TierRedis, cache.ResultMiss}, {cache.TierRedis, cache.ResultError},
+		{cache.TierRegistry, cache.ResultHit}, {cache.TierRegistry, cache.ResultStale}, {cache.TierRegistry, cache.ResultError},
+	} {
+		m.membershipChild[tr] = m.membership.WithLabelValues(tr.tier, tr.result)
+	}
+	for _, r := range []string{registry.CallOK, registry.CallNotFound, registry.CallRefused, registry.CallError,
+		registry.CallBreakerOpen, registry.CallCanceled} {
+		m.registryChild[r] = m.registryCalls.WithLabelValues(r)
+	}
+	for _, e := range []string{cache.InvalidationApplied, cache.InvalidationMalformed, cache.InvalidationResubscribed} {
+		_ = m.invalidations.WithLabelValues(e)
+	}
+	m.jwksOK = m.jwksRefreshes.WithLabelValues("ok")
+	m.jwksErr = m.jwksRefreshes.WithLabelValues("error")
+	return m
+}
+
+func (m *helseidMetrics) resolve(outcome, reason string) reasonMetrics {
+	return reasonMetrics{
+		requests: m.requests.WithLabelValues(outcome, reason),
+		duration: m.duration.WithLabelValues(outcome),
+		replay:   reason == "proof_replay",
+	}
+}
+
+// collectors lists what register puts in a registry.
+func (m *helseidMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		m.requests, m.duration, m.membership, m.registryCalls, m.jwksRefreshes, m.replays,
+		m.replayFallbacks, m.invalidations, m.breakerTransitions, m.breakerState,
+	}
+}
+
+// registerMetrics registers the collectors in reg (a config's registry). A
+// collector already there (a second helseid handler in the same config) is
+// fine.
+func registerMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range getMetrics().collectors() {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) && are.ExistingCollector == c {
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// decided counts one decision. reason is a code of the closed list; a code
+// outside it (a bug) is still counted, through the slower labelled path.
+func (m *helseidMetrics) decided(outcome, reason string, elapsed time.Duration) {
+	rm, ok := m.byReason[outcome][reason]
+	if !ok {
+		m.requests.WithLabelValues(outcome, reason).Inc()
+		m.duration.WithLabelValues(outcome).Observe(elapsed.Seconds())
+		return
+	}
+	rm.requests.Inc()
+	rm.duration.Observe(elapsed.Seconds())
+	if rm.replay {
+		m.replays.Inc()
+	}
+}
+
+// membershipResult is cache.MembershipCacheOptions.OnResult.
+func (m *helseidMetrics) membershipResult(tier, result string) {
+	if c, ok := m.membershipChild[tierResult{tier, result}]; ok {
+		c.Inc()
+		return
+	}
+	m.membership.WithLabelValues(tier, result).Inc()
+}
+
+// registryCall is registry.HTTPConfig.OnCall.
+func (m *helseidMetrics) registryCall(result string) {
+	if c, ok := m.registryChild[result]; ok {
+		c.Inc()
+		return
+	}
+	m.registryCalls.WithLabelValues(result).Inc()
+}
+
+// jwksRefresh is authz.NewIssuerKeys's onRefresh.
+func (m *helseidMetrics) jwksRefresh(ok bool) {
+	if ok {
+		m.jwksOK.Inc()
+	} else {
+		m.jwksErr.Inc()
+	}
+}
+
+// breakerChanged is cache.WithStateChange's function, for the transitions.
+func (m *helseidMetrics) breakerChanged(name, _, to string) {
+	m.breakerTransitions.WithLabelValues(name, to).Inc()
+}
+
+// breakerCollector reports caddy_helseid_breaker_state at scrape time: for
+// each dependency name, the worst state of the live breakers of that name.
+type breakerCollector struct {
+	desc *prometheus.Desc
+}
+
+func (c *breakerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	worst := map[string]float64{}
+	for _, b := range liveBreakers.list() {
+		v := breakerStateValue(b.State())
+		if cur, ok := worst[b.Name()]; !ok || v > cur {
+			worst[b.Name()] = v
+		}
+	}
+	for name, v := range worst {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, name)
+	}
+}
+
+// breakerStateValue is the gauge value of a breaker state.
+func breakerStateValue(state string) float64 {
+	switch state {
+	case "open":
+		return 2
+	case "half-open":
+		return 1
+	default:
+		return 0
+	}
+}
+
+// liveBreakers lists the breakers of the live pooled Redis clients and
+// registry sources.
+var liveBreakers = newSet[*cache.Breaker]()
