@@ -184,5 +184,3 @@ func echoUpstream(w http.ResponseWriter, r *http.Request) {
 		"headers":  seen,
 	})
 }
-
-
