@@ -78,15 +78,13 @@ func Publish(ctx context.Context, client redis.UniversalClient, prefix, service,
 // Publish). Other replicas keep their in-process answers: use Publish to
 // reach them. A Redis failure is logged, not returned: the local eviction
 // is done regardless.
-func (c *CachedMembership) Invalidate(service, org string) {
+func (c *CachedMembership) Invalidate(ctx context.Context, service, org string) {
 	if c.rt != nil {
 		wildcard := service == "" || org == ""
 		if wildcard {
 			c.rt.forgetGen()
 		}
-		// No caller's context to inherit: the call is bounded by the
-		// tier's timeout.
-		err := c.rt.do(context.Background(), func(ctx context.Context) error {
+		err := c.rt.do(ctx, func(ctx context.Context) error {
 			gen, err := forgetShared(ctx, c.rt.client, c.rt.prefix, service, org)
 			if err == nil && wildcard {
 				c.rt.setGen(gen)

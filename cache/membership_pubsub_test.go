@@ -165,7 +165,7 @@ func TestMembershipInvalidateRedis(t *testing.T) {
 	lookup(t, a.c, testService, otherOrg)
 
 	// A pair: deleted from Redis, so B (not subscribed) asks its registry.
-	a.c.Invalidate(testService, testOrg)
+	a.c.Invalidate(context.Background(), testService, testOrg)
 	if held(a, testService, testOrg) {
 		t.Fatal("A still holds the pair")
 	}
@@ -173,7 +173,7 @@ func TestMembershipInvalidateRedis(t *testing.T) {
 		t.Fatalf("B after a pair invalidation: from %s", ans.Source)
 	}
 	// All: A moves to a new generation at once; its next lookup misses Redis.
-	a.c.Invalidate("", "")
+	a.c.Invalidate(context.Background(), "", "")
 	if a.c.Len() != 0 {
 		t.Fatal("A still holds entries")
 	}

@@ -194,7 +194,7 @@ func TestMembershipRedisDown(t *testing.T) {
 			if _, err := r.c.Lookup(context.Background(), testService, testOrg); !errors.Is(err, authz.ErrRegistryUnavailable) {
 				t.Fatalf("unknown with everything down: %v", err)
 			}
-			r.c.Invalidate(testService, "") // logs, does not block or panic
+			r.c.Invalidate(context.Background(), testService, "") // logs, does not block or panic
 		})
 	}
 }

@@ -379,7 +379,7 @@ func TestMembershipInvalidateDuringFill(t *testing.T) {
 
 	got := goLookup(t, c, testService, testOrg)
 	<-reg.entered
-	c.Invalidate(testService, testOrg) // the answer on its way may predate this
+	c.Invalidate(context.Background(), testService, testOrg) // the answer on its way may predate this
 	release()
 	if ans := <-got; ans.Record == nil {
 		t.Fatalf("the caller got %+v", ans)
@@ -412,7 +412,7 @@ func TestMembershipInvalidateLocal(t *testing.T) {
 			for _, k := range all {
 				lookup(t, c, k.service, k.org)
 			}
-			c.Invalidate(tc.service, tc.org)
+			c.Invalidate(context.Background(), tc.service, tc.org)
 			for _, k := range all {
 				gone := false
 				for _, g := range tc.gone {

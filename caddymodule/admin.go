@@ -79,7 +79,7 @@ func (a *adminAPI) invalidate(w http.ResponseWriter, r *http.Request) error {
 	for _, m := range memberships.list() {
 		resp.Caches++
 		if m.redis == nil {
-			m.cached.Invalidate(req.Service, req.Organization)
+			m.cached.Invalidate(r.Context(), req.Service, req.Organization)
 			continue
 		}
 		// One publication per Redis and prefix reaches every replica,
@@ -90,7 +90,7 @@ func (a *adminAPI) invalidate(w http.ResponseWriter, r *http.Request) error {
 		}
 		if err := cache.Publish(r.Context(), m.redis.client, m.prefix, req.Service, req.Organization); err != nil {
 			// Evict here at least, and tell the operator the others did not hear it.
-			m.cached.Invalidate(req.Service, req.Organization)
+			m.cached.Invalidate(r.Context(), req.Service, req.Organization)
 			return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("publishing the invalidation: %w", err)}
 		}
 		published[key] = true
