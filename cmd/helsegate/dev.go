@@ -164,6 +164,7 @@ Try, in another terminal:
   bin/helsegate call --org 994598759 %[1]s/kjernejournal/api/patient # suspended member: 403
   bin/helsegate call --replay %[1]s/kjernejournal/api/patient        # same proof twice: 200, then 401
   make demo                                                          # every scenario
+  curl -X POST %[2]s/simulator/rotate                             # rotate HelseID's signing key
 Ctrl-C stops everything.
 `, site, issuer, registry, upstream, strings.Join(lines, "\n"))
 }

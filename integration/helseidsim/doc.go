@@ -8,6 +8,7 @@
 //   - GET  /.well-known/openid-configuration        (discovery)
 //   - GET  /.well-known/openid-configuration/jwks   (public RS256 keys)
 //   - POST /connect/token                           (client_credentials + DPoP)
+//   - POST /simulator/rotate                        (rotate the signing key; answers the new kid)
 //
 // Tokens imitate real HelseID access tokens: JWS compact, header typ
 // "at+jwt", alg RS256, kid of 40 upper-case hex characters, HelseID claim

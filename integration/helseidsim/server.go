@@ -19,6 +19,8 @@ const (
 	DiscoveryPath = "/.well-known/openid-configuration"
 	JWKSPath      = "/.well-known/openid-configuration/jwks"
 	TokenPath     = "/connect/token"
+	// RotatePath rotates the signing key on command (POST); not a HelseID endpoint.
+	RotatePath = "/simulator/rotate"
 )
 
 // dpopAlgs are the proof algorithms HelseID advertises in
@@ -86,6 +88,7 @@ func Start(opts Options) (*Server, error) {
 	mux.HandleFunc("GET "+DiscoveryPath, s.handleDiscovery)
 	mux.HandleFunc("GET "+JWKSPath, s.handleJWKS)
 	mux.HandleFunc("POST "+TokenPath, s.handleToken)
+	mux.HandleFunc("POST "+RotatePath, s.handleRotate)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(s.done)
@@ -156,6 +159,17 @@ func (s *Server) handleJWKS(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(set)
+}
+
+// handleRotate rotates the signing key on command (helsegate dev), answering
+// {"kid": "<the new kid>"}.
+func (s *Server) handleRotate(w http.ResponseWriter, _ *http.Request) {
+	kid, err := s.Rotate()
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"kid": kid})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,6 +1,7 @@
 package helseidsim_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"slices"
 	"testing"
@@ -135,5 +136,26 @@ func TestRotateAndRetire(t *testing.T) {
 	}
 	if _, err := verify(tok2, set); err != nil {
 		t.Errorf("token of current key: %v", err)
+	}
+}
+
+func TestRotateOnCommand(t *testing.T) {
+	s, err := helseidsim.Start(helseidsim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	before := s.CurrentKid()
+	resp, err := http.Post(s.Issuer()+helseidsim.RotatePath, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Kid string }
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, %v", resp.StatusCode, err)
+	}
+	if body.Kid == before || body.Kid != s.CurrentKid() {
+		t.Fatalf("rotate answered kid %q; before %q, now %q", body.Kid, before, s.CurrentKid())
 	}
 }
