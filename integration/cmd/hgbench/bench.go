@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/integration/registrysim"
+)
+
+// Sizes of the untimed parts of a configuration.
+const (
+	warmupRequests    = 5    // one at a time; they fetch the JWKS and the membership
+	calibrateRequests = 1000 // sizes the timed runs
+	minRunRequests    = 1000
+	// runDeadlineFactor bounds a timed run at this many times -run.
+	runDeadlineFactor = 10
+	registryToken     = "hgbench-registry-token"
+)
+
+// bench is one hgbench run: what it started and the knobs every
+// configuration shares.
+type bench struct {
+	o     options
+	hz    int64
+	redis *redisServer
+	gw    *gateway
+	plain string // host:port of the plain site
+	busy  int    // timed runs during which other processes used more than busyOthers
+	// quietBudget is what is left of -quiet-wait.
+	quietBudget time.Duration
+}
+
+// busyOthers is how many CPUs other processes (Redis included) may use
+// during a timed run before the report warns that the machine was busy.
+// Redis alone takes about 0.1–0.2 in a gateway run.
+const busyOthers = 0.35
+
+// run starts everything, measures every configuration and prints the
+// report. It returns the exit code: 0, or 1 when something failed or a run
+// had errors.
+func run(ctx context.Context, o options) int {
+	err := runBench(ctx, o)
+	switch {
+	case err == nil:
+		return 0
+	case !errors.Is(err, errFlagged): // already said, above the last line
+		fmt.Fprintf(os.Stderr, "hgbench: %v\n", err)
+	}
+	return 1
+}
+
+// errFlagged means the report was printed but a run had errors.
+var errFlagged = errors.New("a run had non-200 responses or an unused replay store (marked ! above)")
+
+func runBench(ctx context.Context, o options) (err error) {
+	began := time.Now()
+	dir, err := os.MkdirTemp("", "hgbench-")
+	if err != nil {
+		return err
+	}
+	gatewayTried := false
+	defer func() {
+		switch {
+		case o.keep:
+		case gatewayTried && err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errFlagged):
+			fmt.Fprintf(os.Stderr, "hgbench: Caddyfile and logs kept in %s\n", dir)
+		default:
+			os.RemoveAll(dir)
+		}
+	}()
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("the helsegate binary: %w (run make build)", err)
+	}
+
+	b := &bench{o: o, hz: clockTicks(), quietBudget: o.quietWait}
+	if b.redis, err = findRedis(ctx, o.redisAddr, o.startRedis, dir); err != nil {
+		return err
+	}
+	defer b.redis.close()
+	runPrefix := "hgbench:" + randHex(4) + ":"
+	defer func() {
+		// A fresh context: the keys go even after SIGINT.
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := b.redis.deleteKeys(cctx, runPrefix+"*"); err != nil {
+			fmt.Fprintf(os.Stderr, "hgbench: deleting the run's Redis keys (%s*): %v\n", runPrefix, err)
+		}
+	}()
+
+	upstream, upAddr, err := startUpstream()
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+	sim, err := helseidsim.Start(helseidsim.Options{})
+	if err != nil {
+		return err
+	}
+	defer sim.Close()
+	validFrom := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	reg, err := registrysim.Start(registrysim.Options{
+		Members: []authz.Authorization{{Organization: memberOrg, Service: service, Member: true, Status: "active", ValidFrom: &validFrom}},
+		Token:   registryToken,
+	})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+
+	// Addresses, sites and clients.
+	cfg := gatewayConfig{
+		LogPath: filepath.Join(dir, "caddy.log"), AuditPath: filepath.Join(dir, "audit.log"),
+		Upstream: upAddr, Issuer: sim.Issuer(), Registry: reg.URL(), RegistryToken: registryToken,
+		RedisAddr: b.redis.addr,
+	}
+	if cfg.Admin, err = freeAddr(); err != nil {
+		return err
+	}
+	if cfg.Plain, err = freeAddr(); err != nil {
+		return err
+	}
+	b.plain = cfg.Plain
+	addrs := []string{cfg.Plain}
+	var scenarios []*scenario
+	for _, c := range o.configs {
+		site, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		prefix := runPrefix + strings.ToLower(c) + ":"
+		name, alg, dpop := c, c, "required"
+		if c == "bearer" {
+			name, alg, dpop = bearerName, "", "optional"
+		}
+		s, err := newScenario(sim, name, alg, site, prefix)
+		if err != nil {
+			return err
+		}
+		scenarios = append(scenarios, s)
+		cfg.Gateways = append(cfg.Gateways, gatewaySite{Addr: site, DPoP: dpop, KeyPrefix: prefix})
+		addrs = append(addrs, site)
+	}
+
+	kept := ""
+	if o.keep {
+		kept = ", kept"
+	}
+	fmt.Fprintf(os.Stderr, "hgbench: starting %s (run directory %s%s)\n", o.bin, dir, kept)
+	gatewayTried = true
+	if b.gw, err = startGateway(ctx, bin, dir, renderCaddyfile(cfg), cfg.Admin, cfg.LogPath, addrs); err != nil {
+		return err
+	}
+	defer b.gw.stop()
+
+	fmt.Println("per run: CPU = the helsegate process; hgbench = this process (load generator and upstream); others = the rest of the machine, Redis included")
+	var rows []summary
+	for _, s := range scenarios {
+		row, err := b.measure(ctx, s)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		rows = append(rows, row)
+	}
+
+	fmt.Println()
+	fmt.Printf("hgbench: measured in %s\n", time.Since(began).Round(time.Second))
+	fmt.Println(machineLine(b.redis, o))
+	if flagged := writeReport(os.Stdout, rows, b.busy); flagged {
+		return errFlagged
+	}
+	return nil
+}

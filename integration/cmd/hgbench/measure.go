@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// measure warms one configuration up, sizes its runs and does the A/B
+// pairs, printing a line per run.
+func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
+	var floor *floorProof
+	if s.alg != "" {
+		var err error
+		if floor, err = newFloorProof(s.alg); err != nil {
+			return summary{}, err
+		}
+	}
+
+	// Warm-up, one request at a time: the first fetches the issuer's keys and
+	// verifies the token, and asks the registry; all must be 200.
+	reqs, err := s.requests(ctx, warmupRequests)
+	if err != nil {
+		return summary{}, err
+	}
+	r, err := load{addr: s.site, reqs: reqs, n: warmupRequests, conns: 1, deadline: time.Minute}.run(ctx)
+	if err != nil {
+		return summary{}, err
+	}
+	if r.errors() > 0 {
+		return summary{}, fmt.Errorf("warm-up: %s; first: %s (gateway log: %s)", r.describeErrors(), r.sample, b.gw.logPath)
+	}
+
+	// Size the runs: a short untimed run on each site.
+	reqs, err = s.requests(ctx, calibrateRequests)
+	if err != nil {
+		return summary{}, err
+	}
+	deadline := b.o.runTime * runDeadlineFactor
+	rp, err := load{addr: b.plain, reqs: reqs, n: 2 * calibrateRequests, conns: b.o.conns, deadline: deadline}.run(ctx)
+	if err != nil {
+		return summary{}, err
+	}
+	rg, err := load{addr: s.site, reqs: reqs, n: calibrateRequests, conns: b.o.conns, deadline: deadline}.run(ctx)
+	if err != nil {
+		return summary{}, err
+	}
+	if rg.errors() > 0 || rp.errors() > 0 {
+		return summary{}, fmt.Errorf("calibration: plain %s, gateway %s; first: %s %s",
+			rp.describeErrors(), rg.describeErrors(), rp.sample, rg.sample)
+	}
+	size := func(rps float64) int {
+		return min(max(int(rps*b.o.runTime.Seconds()), minRunRequests), b.o.maxRequests)
+	}
+	nPlain, nGw := size(rp.rps()), size(rg.rps())
+	fmt.Printf("\n%s: warm-up rates %.0f req/s plain, %.0f gateway; each pair is sized on the rates of the one before\n",
+		s.name, rp.rps(), rg.rps())
+
+	var pairs []pairStats
+	replayProblems := 0
+	for i := range b.o.pairs {
+		// One fresh proof per gateway request; the plain run sends the same
+		// requests (cycling through them), before the gateway run uses them.
+		reqs, err := s.requests(ctx, nGw)
+		if err != nil {
+			return summary{}, err
+		}
+		label := fmt.Sprintf("%s pair %d/%d", s.name, i+1, b.o.pairs)
+		if err := b.waitQuiet(ctx); err != nil {
+			return summary{}, err
+		}
+		plain, plainStats, err := b.timed(ctx, label, "plain", b.plain, reqs, nPlain)
+		if err != nil {
+			return summary{}, err
+		}
+		keys0, err := b.replayKeys(ctx, s)
+		if err != nil {
+			return summary{}, err
+		}
+		gw, gwStats, err := b.timed(ctx, label, "gateway", s.site, reqs, nGw)
+		if err != nil {
+			return summary{}, err
+		}
+		keys1, err := b.replayKeys(ctx, s)
+		if err != nil {
+			return summary{}, err
+		}
+		if s.key != nil {
+			accepted := gw.done - gw.errors()
+			grown := keys1 - keys0
+			note := ""
+			// No key of this configuration expires during the bench
+			// (dpopMaxAge), so every accepted proof adds exactly one.
+			if grown < accepted {
+				note = "   !! fewer keys than accepted proofs: the replay store was not used for every proof"
+				replayProblems++
+			}
+			fmt.Printf("    replay keys %sv1:dpop:*: %d → %d (+%d for %d accepted proofs)%s\n", s.prefix, keys0, keys1, grown, accepted, note)
+		}
+		pair := pairStats{plain: plainStats, gateway: gwStats}
+		if floor != nil {
+			// Measured next to each pair, so that it sees the machine as the
+			// runs did.
+			if pair.floor, err = floor.measure(); err != nil {
+				return summary{}, err
+			}
+			fmt.Printf("    verify floor %s: %.1f µs (jws.NewVerifier(%s).Verify, one goroutine, gateway idle)\n", s.alg, pair.floor, s.alg)
+		}
+		pairs = append(pairs, pair)
+		// The next pair is sized on this one's rates, which are steadier
+		// than the warm-up's.
+		nPlain, nGw = size(plain.rps()), size(gw.rps())
+	}
+
+	if s.alg == "ES256" && b.o.profilePath != "" {
+		if err := b.profile(ctx, s, nGw); err != nil {
+			return summary{}, err
+		}
+	}
+	sum := summarize(s.name, pairs)
+	sum.errors += replayProblems
+	return sum, nil
+}
+
+// timed does one measured run of n requests and prints its line.
+func (b *bench) timed(ctx context.Context, label, kind, addr string, reqs [][]byte, n int) (result, runStats, error) {
+	r, err := load{addr: addr, reqs: reqs, n: n, conns: b.o.conns, deadline: b.o.runTime * runDeadlineFactor, cpu: b.gw.cpu}.run(ctx)
+	if err != nil {
+		return r, runStats{}, err
+	}
+	st := b.stats(r, n)
+	fmt.Printf("%-44s %-7s %7d req in %5.2f s %7.0f req/s   p50 %6s ms   p99 %6s ms   CPU %6.1f µs/req   hgbench %5.1f µs/req   others %.2f CPUs\n",
+		label, kind, r.done, r.elapsed.Seconds(), st.rps, ms(st.p50), ms(st.p99), st.cpuUS,
+		cpuMicrosPerRequest(r.cpu.self, b.hz, r.done), st.others)
+	if st.others > busyOthers {
+		b.busy++
+	}
+	if r.done < n {
+		fmt.Printf("    !! stopped after %d of %d requests (deadline %s)\n", r.done, n, b.o.runTime*runDeadlineFactor)
+	}
+	if r.errors() > 0 {
+		fmt.Printf("    !! %d of %d not 200: %s; first: %.300s\n", r.errors(), r.done, r.describeErrors(), r.sample)
+	}
+	return r, st, nil
+}
+
+// stats reduces a run of n requests to what the table needs; requests not
+// made because the run hit its deadline count as errors.
+func (b *bench) stats(r result, n int) runStats {
+	errs := r.errors() + max(n-r.done, 0)
+	return runStats{
+		rps: r.rps(), p50: percentile(r.lat, 50), p99: percentile(r.lat, 99),
+		cpuUS: cpuMicrosPerRequest(r.cpu.gateway, b.hz, r.done), errors: errs,
+		others: max(float64(r.cpu.others())/float64(b.hz)/max(r.elapsed.Seconds(), 1e-9), 0),
+	}
+}
+
+// replayKeys counts the replay keys of a configuration's site.
+func (b *bench) replayKeys(ctx context.Context, s *scenario) (int, error) {
+	if s.key == nil {
+		return 0, nil
+	}
+	return b.redis.countKeys(ctx, s.prefix+"v1:dpop:*")
+}
+
+// profile takes a CPU profile of the gateway from its admin endpoint
+// during an extra ES256 gateway run that the table does not use.
+func (b *bench) profile(ctx context.Context, s *scenario, perRun int) error {
+	secs := b.o.profileSecs
+	// perRun requests last about -run; send enough for the profile and a margin.
+	n := min(int(float64(perRun)*(float64(secs)+2)/b.o.runTime.Seconds()), 4*b.o.maxRequests)
+	reqs, err := s.requests(ctx, n)
+	if err != nil {
+		return err
+	}
+	path, err := filepath.Abs(b.o.profilePath)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.gw.cpuProfile(ctx, secs, path) }()
+	time.Sleep(100 * time.Millisecond)
+	if _, _, err := b.timed(ctx, "ES256 profile run (not in the table)", "gateway", s.site, reqs, n); err != nil {
+		return err
+	}
+	if err := <-done; err != nil {
+		return fmt.Errorf("CPU profile: %w", err)
+	}
+	fmt.Printf("    CPU profile of the gateway (%d s of this run): go tool pprof -top -cum -nodecount=15 %s %s\n", secs, b.o.bin, path)
+	return nil
+}
+
+// quietProbe is how long waitQuiet watches the machine at a time.
+const quietProbe = 500 * time.Millisecond
+
+// waitQuiet returns once other processes use less than busyOthers CPUs
+// over a quietProbe, or at once when the -quiet-wait budget of the whole
+// bench is spent. Another benchmark or a build on the same machine would
+// otherwise land in the timed runs.
+func (b *bench) waitQuiet(ctx context.Context) error {
+	said := false
+	for {
+		start := time.Now()
+		s0, err := b.gw.cpu()
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(quietProbe):
+		}
+		s1, err := b.gw.cpu()
+		if err != nil {
+			return err
+		}
+		others := float64(s1.sub(s0).others()) / float64(b.hz) / time.Since(start).Seconds()
+		if others <= busyOthers {
+			return nil
+		}
+		b.quietBudget -= time.Since(start)
+		if b.quietBudget <= 0 {
+			fmt.Printf("    the machine is busy (%.2f CPUs used by other processes) and the -quiet-wait budget is spent: measuring anyway\n", others)
+			return nil
+		}
+		if !said {
+			fmt.Printf("    waiting for the machine to go quiet: other processes use %.2f CPUs (budget left %s)\n", others, b.quietBudget.Round(time.Second))
+			said = true
+		}
+	}
+}
