@@ -50,17 +50,6 @@ type confirm struct {
 	JKT *string `json:"jkt"`
 }
 
-// proofClaims is the payload of a DPoP proof (RFC 9449 §4.2). Every field is
-// a pointer: absence and presence with the wrong type are both errors.
-type proofClaims struct {
-	JTI   *string      `json:"jti"`
-	HTM   *string      `json:"htm"`
-	HTU   *string      `json:"htu"`
-	IAT   *numericDate `json:"iat"`
-	ATH   *string      `json:"ath"`
-	Nonce *string      `json:"nonce"`
-}
-
 // numericDate is a JWT NumericDate (RFC 7519 §2): a JSON number of seconds,
 // possibly fractional. Anything else fails to decode.
 type numericDate struct{ time.Time }

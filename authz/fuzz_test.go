@@ -2,7 +2,11 @@ package authz
 
 import (
 	"context"
+	"strings"
 	"testing"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
 // FuzzVerifyToken feeds arbitrary Authorization values and access tokens
@@ -30,6 +34,12 @@ func FuzzVerifyProof(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, proof string) {
-		_, _ = fx.v.Verify(context.Background(), fx.request(tok, proof))
+		if _, derr := fx.v.Verify(context.Background(), fx.request(tok, proof)); derr == nil {
+			// Whatever passes is signed by the key the token is bound to,
+			// cached proof header or not.
+			if _, err := jws.Verify([]byte(strings.TrimSpace(proof)), jws.WithKey(jwa.ES256, clientPriv.Public())); err != nil {
+				t.Fatalf("a proof passed that the client's key did not sign: %v", err)
+			}
+		}
 	})
 }

@@ -153,3 +153,118 @@ func isUnreserved(c byte) bool {
 	return ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') ||
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
+
+// expectedHTU is the normalized URI a proof's htu must name. When the
+// request's URI is already in normal form (the common case: a lower-case
+// host and a path with nothing to decode, escape or remove) it is kept as
+// its pieces, scheme "://" host path, so that comparing a proof with it
+// builds no string; otherwise scheme and host are empty and path is the
+// whole normalized URI.
+type expectedHTU struct {
+	scheme, host string
+	path         string
+}
+
+// String returns the URI.
+func (e expectedHTU) String() string {
+	if e.scheme == "" {
+		return e.path
+	}
+	return e.scheme + "://" + e.host + e.path
+}
+
+// matches reports whether a proof's htu names the expected URI once
+// normalized (RFC 9449 §4.3 step 9). An htu already equal to it byte for
+// byte matches without normalizing: the expected URI is in normal form and
+// normalizing is idempotent.
+func (e expectedHTU) matches(htu []byte) bool {
+	if htuEqual(e, htu) {
+		return true
+	}
+	got, err := NormalizeHTU(string(htu))
+	return err == nil && htuEqual(e, got)
+}
+
+// htuEqual reports whether s is the expected URI, byte for byte.
+func htuEqual[T ~string | ~[]byte](e expectedHTU, s T) bool {
+	if e.scheme == "" {
+		return string(s) == e.path
+	}
+	h := len(e.scheme) + len("://")
+	p := h + len(e.host)
+	return len(s) == p+len(e.path) &&
+		string(s[:len(e.scheme)]) == e.scheme && string(s[len(e.scheme):h]) == "://" &&
+		string(s[h:p]) == e.host && string(s[p:]) == e.path
+}
+
+// newExpectedHTU returns the expected htu of a request to scheme://host
+// with the given escaped path, which NormalizeHTU refuses or normalizes.
+func newExpectedHTU(scheme, host, path string) (expectedHTU, error) {
+	if isNormalOrigin(scheme, host) && isNormalPath(path) {
+		return expectedHTU{scheme: scheme, host: host, path: path}, nil
+	}
+	full, err := NormalizeHTU(scheme + "://" + host + path)
+	if err != nil {
+		return expectedHTU{}, err
+	}
+	return expectedHTU{path: full}, nil
+}
+
+// isNormalOrigin reports whether scheme://host is in the form NormalizeHTU
+// gives it: http or https, a host name of lower-case letters, digits, dots
+// and hyphens, and a port only when it is not the scheme's default. (IP
+// literals, upper case and the rest take the long way.)
+func isNormalOrigin(scheme, host string) bool {
+	if scheme != "https" && scheme != "http" {
+		return false
+	}
+	name, port, hasPort := strings.Cut(host, ":")
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	if !hasPort {
+		return true
+	}
+	if port == "" || (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
+		return false
+	}
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// isNormalPath reports whether an escaped path is left unchanged by
+// NormalizeHTU: it starts with "/", holds only characters that are never
+// escaped in a path (RFC 3986 unreserved, sub-delims that Go's URL parser
+// keeps, ":" "@" "/"), no percent-encoding and no "." or ".." segment.
+func isNormalPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '-', c == '_', c == '~', c == ':', c == '@', c == '$', c == '&', c == '+', c == ',', c == ';', c == '=':
+		case c == '/':
+			// A dot segment: "/." or "/.." followed by "/" or the end.
+			rest := p[i+1:]
+			if rest == "." || rest == ".." || strings.HasPrefix(rest, "./") || strings.HasPrefix(rest, "../") {
+				return false
+			}
+		case c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -46,13 +46,16 @@ type Principal struct {
 // Verifier checks requests against one route's Config. It is safe for
 // concurrent use.
 type Verifier struct {
-	cfg    Config
-	keys   KeySource
-	replay ReplayStore
-	clock  Clock
-	nonces *Nonces
-	tokens *tokenCache
-	origin string // normalized PublicOrigin, without trailing slash
+	cfg          Config
+	keys         KeySource
+	replay       ReplayStore
+	clock        Clock
+	nonces       *Nonces
+	tokens       *tokenCache
+	proofHeaders *proofHeaderCache
+	replayTTL    time.Duration // how long a jti is remembered: the whole acceptance window
+	// The normalized PublicOrigin, as its scheme and host ("" when unset).
+	originScheme, originHost string
 }
 
 // DefaultTokenCacheSize bounds the verified-token cache.
@@ -72,7 +75,12 @@ func NewVerifier(cfg Config, keys KeySource, replay ReplayStore, clock Clock) (*
 		clock = SystemClock
 	}
 	cfg = cfg.withDefaults()
-	v := &Verifier{cfg: cfg, keys: keys, replay: replay, clock: clock, tokens: newTokenCache(DefaultTokenCacheSize)}
+	v := &Verifier{
+		cfg: cfg, keys: keys, replay: replay, clock: clock,
+		tokens:       newTokenCache(DefaultTokenCacheSize),
+		proofHeaders: newProofHeaderCache(DefaultProofKeyCacheSize),
+		replayTTL:    cfg.DPoPMaxAge + cfg.DPoPFutureSkew + time.Second,
+	}
 	if len(cfg.NonceSecret) > 0 {
 		v.nonces = NewNonces(cfg.NonceSecret, cfg.DPoPFutureSkew)
 	}
@@ -81,7 +89,7 @@ func NewVerifier(cfg Config, keys KeySource, replay ReplayStore, clock Clock) (*
 		if err != nil {
 			return nil, err
 		}
-		v.origin = strings.TrimSuffix(o, "/")
+		v.originScheme, v.originHost, _ = strings.Cut(strings.TrimSuffix(o, "/"), "://")
 	}
 	return v, nil
 }
@@ -193,7 +201,7 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 		if c.Cnf == nil {
 			return nil, withCaller(deny(InvalidToken, "token_not_bound", "the access token is not DPoP-bound"), p)
 		}
-		target := proofTarget{method: r.Method, token: token, jkt: *c.Cnf.JKT}
+		target := proofTarget{method: r.Method, ath: vt.ath, jkt: *c.Cnf.JKT}
 		htu, err := v.expectedHTU(r)
 		if err != nil {
 			return nil, withCaller(denyErr(InvalidRequest, "malformed_request", "the request URI is malformed", err), p)
@@ -238,20 +246,19 @@ func withCaller(derr *Error, p *Principal) *Error {
 
 // expectedHTU is the normalized URI the proof must name: the public origin
 // (or the request's own scheme and host) and the original path.
-func (v *Verifier) expectedHTU(r Request) (string, error) {
-	origin := v.origin
-	if origin == "" {
-		scheme := r.Scheme
+func (v *Verifier) expectedHTU(r Request) (expectedHTU, error) {
+	scheme, host := v.originScheme, v.originHost
+	if scheme == "" {
+		scheme, host = r.Scheme, r.Host
 		if scheme == "" {
 			scheme = "https"
 		}
-		origin = scheme + "://" + r.Host
 	}
 	path := r.EscapedPath
 	if !strings.HasPrefix(path, "/") {
 		path = "/" + path
 	}
-	return NormalizeHTU(origin + path)
+	return newExpectedHTU(scheme, host, path)
 }
 
 // checkPolicy applies token_kind, min_security_level and require_hpr (SPEC §3.4).
@@ -285,15 +292,18 @@ func (v *Verifier) checkPolicy(p *Principal) *Error {
 // isToken68 reports whether s has the token68 syntax of RFC 9110 §11.2.
 func isToken68(s string) bool {
 	i := 0
-	for ; i < len(s); i++ {
-		c := s[i]
-		if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') ||
-			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' {
-			continue
-		}
-		break
+	for ; i < len(s) && token68Chars[s[i]]; i++ {
 	}
 	for ; i < len(s) && s[i] == '='; i++ {
 	}
 	return i == len(s) && len(s) > 0
 }
+
+// token68Chars are the characters of token68 before its '=' padding.
+var token68Chars = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/'
+	}
+	return t
+}()

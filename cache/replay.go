@@ -173,11 +173,27 @@ func (sh *replayShard) sweep(now time.Time) bool {
 // FirstUse is a single `SET <prefix>v1:dpop:<key> 1 PX <ttl> NX`, atomic on a
 // single server, on Sentinel and on Cluster, run through a Breaker so that
 // while Redis is down calls fail at once.
+//
+// Calls that arrive while one is waiting for Redis are sent together, as one
+// pipeline, when it returns (the requests of a busy gateway then share the
+// system calls of a round trip instead of each paying its own). Nothing waits
+// to fill a batch: a call on an idle store goes out at once, alone.
 type RedisReplay struct {
 	client  redis.UniversalClient
 	prefix  string
 	breaker *Breaker
 	timeout time.Duration
+
+	mu      sync.Mutex
+	queue   []*replayCall // calls waiting for the next batch
+	sending bool          // a batch is out; its sender hands over to queue[0]
+}
+
+// replayCall is one FirstUse waiting for its batch.
+type replayCall struct {
+	cmd  *redis.BoolCmd
+	err  error     // the batch's error when its commands never ran (breaker open)
+	turn chan bool // true: send the next batch; false: cmd (or err) has the answer
 }
 
 // NewRedisReplay returns a RedisReplay that writes under prefix (pass
@@ -197,25 +213,121 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, ttl time.Duratio
 	if ttl < time.Millisecond {
 		return false, errBadTTL(ttl)
 	}
-	k := r.prefix + "v1:dpop:" + key
 	ms := int64((ttl + time.Millisecond - 1) / time.Millisecond)
-	var fresh bool
-	err := r.breaker.Do(ctx, func(ctx context.Context) error {
+	// Built by hand: client.SetNX sends EX, not PX, when ttl is a whole
+	// number of seconds. A BoolCmd reads the nil reply of a refused SET NX
+	// as false.
+	call := &replayCall{
+		cmd:  redis.NewBoolCmd(ctx, "set", r.prefix+"v1:dpop:"+key, "1", "px", ms, "nx"),
+		turn: make(chan bool, 1),
+	}
+	r.mu.Lock()
+	r.queue = append(r.queue, call)
+	lead := !r.sending
+	r.sending = true
+	r.mu.Unlock()
+	// Wait for the batch in flight: it answers this call (false), or this
+	// call sends the next one (true). The wait is bounded by the timeout of
+	// the batches ahead, not by ctx: leaving would orphan the turn.
+	if !lead {
+		lead = <-call.turn
+	}
+	if lead {
+		r.sendBatch(ctx, call)
+	}
+	err := call.err
+	if err == nil {
+		var fresh bool
+		if fresh, err = call.cmd.Result(); err == nil {
+			return fresh, nil
+		}
+	}
+	return false, fmt.Errorf("cache: redis replay store: %w", err)
+}
+
+// maxReplayBatch bounds the calls sent in one pipeline.
+const maxReplayBatch = 512
+
+// errBatchAbandoned is the answer of the calls of a batch whose sender
+// panicked: they are released with an error rather than left waiting.
+var errBatchAbandoned = errors.New("the batch carrying this call was abandoned")
+
+// sendBatch sends the queued calls (own first among them) in one round trip,
+// through the breaker, then hands the next batch to the first call queued
+// meanwhile, or marks the store idle.
+func (r *RedisReplay) sendBatch(ctx context.Context, own *replayCall) {
+	r.mu.Lock()
+	n := min(len(r.queue), maxReplayBatch)
+	batch := make([]*replayCall, n)
+	copy(batch, r.queue)
+	r.queue = append(r.queue[:0], r.queue[n:]...)
+	r.mu.Unlock()
+
+	done := false
+	defer func() {
+		if !done { // a panic: release everyone, then let it go on
+			for _, c := range batch {
+				c.err = errBatchAbandoned
+			}
+		}
+		r.release(batch, own)
+	}()
+	ran := false
+	err := r.breaker.Do(r.batchContext(ctx, len(batch)), func(ctx context.Context) error {
+		ran = true
 		ctx, cancel := context.WithTimeout(ctx, r.timeout)
 		defer cancel()
-		// Built by hand: client.SetNX sends EX, not PX, when ttl is a whole
-		// number of seconds. A BoolCmd reads the nil reply of a refused
-		// SET NX as false.
-		cmd := redis.NewBoolCmd(ctx, "set", k, "1", "px", ms, "nx")
-		_ = r.client.Process(ctx, cmd)
-		var err error
-		fresh, err = cmd.Result()
+		if len(batch) == 1 {
+			return r.client.Process(ctx, batch[0].cmd)
+		}
+		pipe := r.client.Pipeline()
+		for _, c := range batch {
+			_ = pipe.Process(ctx, c.cmd)
+		}
+		_, err := pipe.Exec(ctx)
 		return err
 	})
-	if err != nil {
-		return false, fmt.Errorf("cache: redis replay store: %w", err)
+	var reply redis.Error
+	wholeBatch := err != nil && (!ran || !errors.As(err, &reply))
+	for _, c := range batch {
+		// A command has its own answer, or the error of a batch that never
+		// ran (breaker open) or failed as a whole (timeout, connection).
+		// A server error reply concerns its own command only.
+		if wholeBatch && c.cmd.Err() == nil {
+			c.err = err
+		}
 	}
-	return fresh, nil
+	done = true
+}
+
+// release wakes the callers of a sent batch with their answers, and hands
+// the next batch to the first call queued meanwhile, or marks the store idle.
+func (r *RedisReplay) release(batch []*replayCall, own *replayCall) {
+	for _, c := range batch {
+		if c != own {
+			c.turn <- false
+		}
+	}
+	r.mu.Lock()
+	if len(r.queue) == 0 {
+		r.sending = false
+		r.mu.Unlock()
+		return
+	}
+	next := r.queue[0]
+	r.mu.Unlock()
+	next.turn <- true
+}
+
+// batchContext is the context a batch is sent under: the sender's own for a
+// batch of one (its cancellation ends the call, as without batching), and
+// for a batch of several the sender's values without its cancellation: the
+// other callers' requests must not fail because the sender's went away.
+func (r *RedisReplay) batchContext(ctx context.Context, n int) context.Context {
+	if n == 1 {
+		return ctx
+	}
+	return context.WithoutCancel(ctx)
 }
 
 // FallbackReplay answers from a primary store (Redis) and, in mode

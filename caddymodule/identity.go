@@ -7,6 +7,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/helsegate/helsegate/authz"
 )
@@ -16,53 +17,133 @@ import (
 // able to set what the upstream takes for verified identity.
 func stripIdentityHeaders(hdr http.Header) {
 	for name := range hdr {
-		if len(name) < len("x-helseid-") {
-			continue
-		}
-		n := strings.ReplaceAll(strings.ToLower(name[:len("x-helseid-")]), "_", "-")
-		if n == "x-helseid-" {
+		if hasIdentityPrefix(name) {
 			delete(hdr, name)
 		}
 	}
 }
 
+// identityPrefix is the prefix of the identity headers, lower case.
+const identityPrefix = "x-helseid-"
+
+// hasIdentityPrefix reports whether name starts with x-helseid- in any case,
+// with '_' for '-' (without allocating: it runs on every inbound header).
+func hasIdentityPrefix(name string) bool {
+	if len(name) < len(identityPrefix) {
+		return false
+	}
+	for i := 0; i < len(identityPrefix); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		} else if c == '_' {
+			c = '-'
+		}
+		if c != identityPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// The identity headers, in canonical form (http.CanonicalHeaderKey).
+const (
+	hdrOrgParent     = "X-Helseid-Org-Parent"
+	hdrOrgChild      = "X-Helseid-Org-Child"
+	hdrOrgSupplier   = "X-Helseid-Org-Supplier"
+	hdrClientID      = "X-Helseid-Client-Id"
+	hdrTokenKind     = "X-Helseid-Token-Kind"
+	hdrSecurityLevel = "X-Helseid-Security-Level"
+	hdrHPRNumber     = "X-Helseid-Hpr-Number"
+	hdrDPoPJKT       = "X-Helseid-Dpop-Jkt"
+	hdrMembership    = "X-Helseid-Membership"
+	numIdentityHdrs  = 9
+)
+
 // setIdentity sets the upstream headers and the placeholders of SPEC §6.
 // Never the pid.
 func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
+	// One backing array for every value (the names are canonical constants,
+	// so the map is written directly): one allocation, not one per header.
+	vals := make([]string, 0, numIdentityHdrs)
 	set := func(name, v string) {
 		if v != "" {
-			r.Header.Set(name, v)
+			vals = append(vals, v)
+			r.Header[name] = vals[len(vals)-1 : len(vals) : len(vals)]
 		}
 	}
-	set("X-Helseid-Org-Parent", p.OrgParent)
-	set("X-Helseid-Org-Child", p.OrgChild)
-	set("X-Helseid-Org-Supplier", p.OrgSupplier)
-	set("X-Helseid-Client-Id", p.ClientID)
-	set("X-Helseid-Token-Kind", string(p.Kind))
-	set("X-Helseid-Security-Level", p.SecurityLevel)
-	set("X-Helseid-Hpr-Number", p.HPRNumber)
-	set("X-Helseid-Dpop-Jkt", p.JKT)
+	set(hdrOrgParent, p.OrgParent)
+	set(hdrOrgChild, p.OrgChild)
+	set(hdrOrgSupplier, p.OrgSupplier)
+	set(hdrClientID, p.ClientID)
+	set(hdrTokenKind, string(p.Kind))
+	set(hdrSecurityLevel, p.SecurityLevel)
+	set(hdrHPRNumber, p.HPRNumber)
+	set(hdrDPoPJKT, p.JKT)
 	if h.membership != nil {
-		set("X-Helseid-Membership", h.membership.Service)
+		set(hdrMembership, h.membership.Service)
 	}
 
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
 	}
-	id := p.Subject
-	if id == "" {
-		id = p.ClientID
+	// The placeholders are answered on demand from p (most are never read):
+	// values set earlier under these names are dropped so that ours win, as
+	// a Set would.
+	for _, name := range identityPlaceholders {
+		repl.Delete(name)
 	}
-	repl.Set("http.auth.user.id", id)
-	repl.Set("http.auth.user.client_id", p.ClientID)
-	repl.Set("http.auth.user.org_parent", p.OrgParent)
-	repl.Set("http.auth.user.org_child", p.OrgChild)
-	repl.Set("http.auth.user.org_supplier", p.OrgSupplier)
-	repl.Set("http.auth.user.token_kind", string(p.Kind))
-	repl.Set("http.auth.user.security_level", p.SecurityLevel)
-	repl.Set("http.auth.user.hpr_number", p.HPRNumber)
-	repl.Set("http.auth.user.jkt", p.JKT)
+	repl.Map(principalPlaceholders{p}.get)
+}
+
+// identityPlaceholders are the placeholders setIdentity answers.
+var identityPlaceholders = [...]string{
+	"http.auth.user.id",
+	"http.auth.user.client_id",
+	"http.auth.user.org_parent",
+	"http.auth.user.org_child",
+	"http.auth.user.org_supplier",
+	"http.auth.user.token_kind",
+	"http.auth.user.security_level",
+	"http.auth.user.hpr_number",
+	"http.auth.user.jkt",
+}
+
+// principalPlaceholders answers the http.auth.user.* placeholders of a
+// verified principal: id is sub, else client_id; never the pid.
+type principalPlaceholders struct{ p *authz.Principal }
+
+func (pp principalPlaceholders) get(key string) (any, bool) {
+	name, ok := strings.CutPrefix(key, "http.auth.user.")
+	if !ok {
+		return nil, false
+	}
+	p := pp.p
+	switch name {
+	case "id":
+		if p.Subject != "" {
+			return p.Subject, true
+		}
+		return p.ClientID, true
+	case "client_id":
+		return p.ClientID, true
+	case "org_parent":
+		return p.OrgParent, true
+	case "org_child":
+		return p.OrgChild, true
+	case "org_supplier":
+		return p.OrgSupplier, true
+	case "token_kind":
+		return string(p.Kind), true
+	case "security_level":
+		return p.SecurityLevel, true
+	case "hpr_number":
+		return p.HPRNumber, true
+	case "jkt":
+		return p.JKT, true
+	}
+	return nil, false
 }
 
 // auditDecision writes the one audit entry of a decision, at Info on the
@@ -81,7 +162,7 @@ func (h *Handler) auditDecision(ctx context.Context, r *http.Request, decision, 
 	if ce == nil {
 		return
 	}
-	fields := make([]zap.Field, 0, 18)
+	fields := make([]zap.Field, 0, 8)
 	fields = append(fields,
 		zap.String("decision", decision),
 		zap.String("reason", reason),
@@ -98,19 +179,28 @@ func (h *Handler) auditDecision(ctx context.Context, r *http.Request, decision, 
 		fields = append(fields, zap.String("trace_id", id))
 	}
 	if p != nil {
-		fields = append(fields,
-			zap.String("client_id", p.ClientID),
-			zap.String("org_parent", p.OrgParent),
-			zap.String("org_child", p.OrgChild),
-			zap.String("org_supplier", p.OrgSupplier),
-			zap.String("token_kind", string(p.Kind)),
-			zap.String("security_level", p.SecurityLevel),
-			zap.String("hpr_number", p.HPRNumber),
-			zap.String("jkt", p.JKT),
-			zap.String("token_jti", p.TokenID),
-		)
+		fields = append(fields, zap.Inline(callerFields{p}))
 	}
 	ce.Write(fields...)
+}
+
+// callerFields are the audit fields that describe a verified caller, written
+// in line with the others (one zap.Field instead of nine: the entry is the
+// same, its field slice a third of the size).
+type callerFields struct{ p *authz.Principal }
+
+func (c callerFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	p := c.p
+	enc.AddString("client_id", p.ClientID)
+	enc.AddString("org_parent", p.OrgParent)
+	enc.AddString("org_child", p.OrgChild)
+	enc.AddString("org_supplier", p.OrgSupplier)
+	enc.AddString("token_kind", string(p.Kind))
+	enc.AddString("security_level", p.SecurityLevel)
+	enc.AddString("hpr_number", p.HPRNumber)
+	enc.AddString("jkt", p.JKT)
+	enc.AddString("token_jti", p.TokenID)
+	return nil
 }
 
 // allowReason is the reason code of an allowed request on this route.

@@ -244,7 +244,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// The context is the current request's: with Caddy's tracing on it
 	// carries the request span (Caddy's original-request copy predates it).
 	ctx := r.Context()
-	orig := originalRequest(r)
+	var origCopy http.Request
+	orig := originalRequest(r, &origCopy)
 	p, derr := h.verifier.Verify(ctx, h.authzRequest(r, orig))
 	if derr == nil && h.membership != nil {
 		derr = h.membership.Check(ctx, p)
@@ -268,10 +269,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // originalRequest is the request as the client sent it, before any rewrite
-// (handle_path, uri strip_prefix): the URI the client signed in htu.
-func originalRequest(r *http.Request) *http.Request {
+// (handle_path, uri strip_prefix): the URI the client signed in htu. It is
+// Caddy's copy, copied into dst (the caller's, so it need not be allocated),
+// or r itself when there is none.
+func originalRequest(r, dst *http.Request) *http.Request {
 	if o, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
-		return &o
+		*dst = o
+		return dst
 	}
 	return r
 }
@@ -288,8 +292,8 @@ func (h *Handler) authzRequest(r, orig *http.Request) authz.Request {
 		Scheme:        scheme,
 		Host:          r.Host, // Caddy's copy of the original request has no Host; rewrites keep it
 		EscapedPath:   orig.URL.EscapedPath(),
-		Authorization: r.Header.Values("Authorization"),
-		DPoP:          r.Header.Values("DPoP"),
+		Authorization: r.Header["Authorization"], // canonical names: the lookups allocate nothing
+		DPoP:          r.Header["Dpop"],
 		TokenInQuery:  tokenInQuery(orig.URL.RawQuery),
 	}
 }

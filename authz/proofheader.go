@@ -1,0 +1,130 @@
+package authz
+
+import (
+	"crypto"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"sync"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+)
+
+// proofHeader is a DPoP proof's protected header that passed the header
+// checks of RFC 9449 §4.3 (steps 4, 5 and 7), with what verifying a proof
+// under it needs. Everything in it is a function of the header's bytes and
+// the route's configuration alone, so it is the same for every proof a
+// client signs with the same key.
+type proofHeader struct {
+	alg      jwa.SignatureAlgorithm
+	key      jwk.Key      // the jwk member, parsed by jwx
+	raw      any          // key's public key (*ecdsa.PublicKey, *rsa.PublicKey)
+	verifier jws.Verifier // jwx's verifier for alg
+	jkt      string       // RFC 7638 thumbprint of key, base64url (SHA-256)
+	jktErr   error        // why jwx could not compute it (then jkt is "")
+}
+
+// parseProofHeader decodes the protected header segment of a proof with jwx
+// and runs the header checks. seg is the segment exactly as sent.
+func (v *Verifier) parseProofHeader(seg string) (*proofHeader, *Error) {
+	raw, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		return nil, denyErr(InvalidProof, "proof_malformed", "the DPoP proof is not a valid JWS", err)
+	}
+	h := jws.NewHeaders()
+	if err := json.Unmarshal(raw, h); err != nil {
+		return nil, denyErr(InvalidProof, "proof_malformed", "the DPoP proof is not a valid JWS", err)
+	}
+	// The payload is always base64url (no RFC 7797 "b64": false).
+	if b64, ok := h.Get("b64"); ok && b64 != true {
+		return nil, deny(InvalidProof, "proof_malformed", "the DPoP proof has an unencoded payload")
+	}
+	// Step 4: typ is dpop+jwt.
+	if !strings.EqualFold(h.Type(), "dpop+jwt") {
+		return nil, deny(InvalidProof, "proof_typ", "the DPoP proof type must be dpop+jwt")
+	}
+	// Step 5: alg is an accepted asymmetric algorithm (never none, never MAC).
+	alg := h.Algorithm().String()
+	if !contains(v.cfg.DPoPAlgorithms, alg) {
+		return nil, deny(InvalidProof, "proof_alg", "the DPoP proof algorithm is not accepted")
+	}
+	if len(h.Critical()) > 0 {
+		return nil, deny(InvalidProof, "proof_malformed", "the DPoP proof has critical header parameters")
+	}
+	// Step 7: jwk is present and holds a public key only.
+	key := h.JWK()
+	if key == nil {
+		return nil, deny(InvalidProof, "proof_jwk", "the DPoP proof has no jwk")
+	}
+	if !isPublicOnly(key) {
+		return nil, deny(InvalidProof, "proof_jwk", "the DPoP proof jwk must be a public key")
+	}
+	// Step 5 (cont.): alg agrees with the key type and curve of jwk.
+	if err := keyFitsAlg(key, alg); err != nil {
+		return nil, denyErr(InvalidProof, "proof_alg", "the DPoP proof algorithm does not fit its key", err)
+	}
+	ph := &proofHeader{alg: jwa.SignatureAlgorithm(alg), key: key}
+	if err := key.Raw(&ph.raw); err != nil {
+		return nil, denyErr(InvalidProof, "proof_jwk", "the DPoP proof jwk is not a usable public key", err)
+	}
+	if ph.verifier, err = jws.NewVerifier(ph.alg); err != nil {
+		return nil, denyErr(InvalidProof, "proof_alg", "the DPoP proof algorithm is not accepted", err)
+	}
+	if tp, err := key.Thumbprint(crypto.SHA256); err != nil {
+		ph.jktErr = err
+	} else {
+		ph.jkt = base64.RawURLEncoding.EncodeToString(tp)
+	}
+	return ph, nil
+}
+
+// DefaultProofKeyCacheSize bounds the cache of checked proof headers.
+const DefaultProofKeyCacheSize = 4096
+
+// proofHeaderCache keeps checked proof headers by their segment, exactly as
+// sent, so that a client reusing its key pays for the JSON, the JWK and the
+// thumbprint once. Only headers that passed every header check AND whose key
+// verified a proof bound to a valid token are put in it: a header that fails
+// is never cached, and a client cannot fill it with keys of its own making.
+// It is bounded: when full, an arbitrary entry makes room (a dropped entry
+// only costs one re-parse).
+type proofHeaderCache struct {
+	mu  sync.RWMutex
+	m   map[string]*proofHeader
+	max int
+}
+
+func newProofHeaderCache(max int) *proofHeaderCache {
+	return &proofHeaderCache{m: make(map[string]*proofHeader), max: max}
+}
+
+func (c *proofHeaderCache) get(seg string) (*proofHeader, bool) {
+	c.mu.RLock()
+	ph, ok := c.m[seg]
+	c.mu.RUnlock()
+	return ph, ok
+}
+
+func (c *proofHeaderCache) put(seg string, ph *proofHeader) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[seg]; ok {
+		return
+	}
+	for k := range c.m {
+		if len(c.m) < c.max {
+			break
+		}
+		delete(c.m, k)
+	}
+	// A copy: the key must not keep the whole request header alive.
+	c.m[strings.Clone(seg)] = ph
+}
+
+func (c *proofHeaderCache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.m)
+}
