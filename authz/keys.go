@@ -53,12 +53,22 @@ type IssuerKeys struct {
 	cache    *jwk.Cache
 	ctx      context.Context
 
-	mu          sync.Mutex // serializes discovery and refreshes: one at a time
+	onRefresh func(ok bool)
+
+	// current is the last good key set of jwksURL, stored by postFetch after
+	// every successful fetch (foreground or the cache's background refresh).
+	// Requests read it and nothing else: jwx's cache holds its entry's lock
+	// for the whole of a fetch, so reading through the cache would make every
+	// request wait on a slow issuer during a refresh.
+	current atomic.Pointer[jwk.Set]
+
+	fetchMu sync.Mutex // one discovery or JWKS fetch at a time; held across I/O
+
+	mu          sync.Mutex // guards the fields below; never held across I/O
 	jwksURL     string
 	discovered  time.Time
 	lastRefresh time.Time // the last refresh for an unknown kid
 	lastFailure time.Time
-	onRefresh   func(ok bool)
 
 	// For Status: clock time (UnixNano) of the last fetch of the key set
 	// that succeeded and of the last that failed, in the foreground or in
@@ -136,9 +146,16 @@ func (k *IssuerKeys) refreshed(ok bool) {
 	k.onRefresh(ok)
 }
 
-// postFetch is the cache's hook after every successful fetch of the set.
-func (k *IssuerKeys) postFetch(_ string, set jwk.Set) (jwk.Set, error) {
-	k.nKeys.Store(int64(set.Len()))
+// postFetch is the cache's hook after every successful fetch of a set: the
+// set of the current JWKS URL becomes the one requests use.
+func (k *IssuerKeys) postFetch(u string, set jwk.Set) (jwk.Set, error) {
+	k.mu.Lock()
+	cur := u == k.jwksURL
+	k.mu.Unlock()
+	if cur {
+		k.current.Store(&set)
+		k.nKeys.Store(int64(set.Len()))
+	}
 	k.refreshed(true)
 	return set, nil
 }
@@ -162,58 +179,59 @@ func (k *IssuerKeys) Key(ctx context.Context, kid string) (jwk.Key, error) {
 	return nil, ErrUnknownKey
 }
 
-// set returns the cached key set, fetching it the first time.
+// set returns the last good key set, fetching it the first time. Once there
+// is one it takes no lock: a fetch in progress never holds requests up.
 func (k *IssuerKeys) set(ctx context.Context) (jwk.Set, error) {
-	k.mu.Lock()
-	u := k.jwksURL
-	k.mu.Unlock()
-	if u != "" {
-		if set, err := k.cache.Get(ctx, u); err == nil {
-			return set, nil
-		}
+	if p := k.current.Load(); p != nil {
+		return *p, nil
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.jwksURL != "" && k.clock.Now().Sub(k.discovered) < discoveryTTL {
-		if set, err := k.cache.Get(ctx, k.jwksURL); err == nil {
-			return set, nil
-		}
+	k.fetchMu.Lock()
+	defer k.fetchMu.Unlock()
+	if p := k.current.Load(); p != nil { // fetched while we waited
+		return *p, nil
 	}
 	now := k.clock.Now()
-	if !k.lastFailure.IsZero() && now.Sub(k.lastFailure) < retryAfterFailure {
+	k.mu.Lock()
+	lastFailure := k.lastFailure
+	k.mu.Unlock()
+	if !lastFailure.IsZero() && now.Sub(lastFailure) < retryAfterFailure {
 		return nil, errors.New("issuer keys unavailable (recent failure)")
 	}
-	set, err := k.fetchLocked(ctx)
+	set, err := k.fetch(ctx)
+	k.mu.Lock()
 	if err != nil {
 		k.lastFailure = now
-		return nil, err
+	} else {
+		k.lastFailure = time.Time{}
 	}
-	k.lastFailure = time.Time{}
-	return set, nil
+	k.mu.Unlock()
+	return set, err
 }
 
-// fetchLocked discovers the JWKS URL when needed, registers it with the cache
-// and fetches it. k.mu is held. A success is reported by postFetch, a
+// fetch discovers the JWKS URL when needed, registers it with the cache and
+// fetches it. k.fetchMu is held. A success is reported by postFetch, a
 // failure here.
-func (k *IssuerKeys) fetchLocked(ctx context.Context) (jwk.Set, error) {
-	set, err := k.fetchSetLocked(ctx)
+func (k *IssuerKeys) fetch(ctx context.Context) (jwk.Set, error) {
+	set, err := k.fetchSet(ctx)
 	if err != nil {
 		k.refreshed(false)
 	}
 	return set, err
 }
 
-func (k *IssuerKeys) fetchSetLocked(ctx context.Context) (jwk.Set, error) {
-	u := k.override
-	if u == "" {
-		if k.jwksURL != "" && k.clock.Now().Sub(k.discovered) < discoveryTTL {
-			u = k.jwksURL
-		} else {
-			var err error
-			if u, err = k.discover(ctx); err != nil {
-				return nil, err
-			}
+func (k *IssuerKeys) fetchSet(ctx context.Context) (jwk.Set, error) {
+	k.mu.Lock()
+	u, discovered := k.jwksURL, k.discovered
+	k.mu.Unlock()
+	rediscovered := false
+	if k.override != "" {
+		u = k.override
+	} else if u == "" || k.clock.Now().Sub(discovered) >= discoveryTTL {
+		var err error
+		if u, err = k.discover(ctx); err != nil {
+			return nil, err
 		}
+		rediscovered = true
 	}
 	if !k.cache.IsRegistered(u) {
 		err := k.cache.Register(u, jwk.WithHTTPClient(k.client), jwk.WithMinRefreshInterval(minBackgroundRefresh),
@@ -222,9 +240,16 @@ func (k *IssuerKeys) fetchSetLocked(ctx context.Context) (jwk.Set, error) {
 			return nil, fmt.Errorf("register JWKS: %w", err)
 		}
 	}
-	if k.jwksURL != u {
-		k.jwksURL = u
+	k.mu.Lock()
+	old := k.jwksURL
+	k.jwksURL = u
+	if rediscovered || old != u {
 		k.discovered = k.clock.Now()
+	}
+	k.mu.Unlock()
+	if old != "" && old != u {
+		// The issuer moved its keys: the old URL's background refresh stops.
+		_ = k.cache.Unregister(old)
 	}
 	set, err := k.cache.Refresh(ctx, u)
 	if err != nil {
@@ -234,22 +259,30 @@ func (k *IssuerKeys) fetchSetLocked(ctx context.Context) (jwk.Set, error) {
 }
 
 // refreshForUnknown refetches the key set for an unknown kid: at most one
-// refresh at a time (callers queue on the mutex and then find it fresh) and at
-// most one per UnknownKidRefreshInterval. Outside that, or when the refresh
-// fails, the current set answers.
+// refresh at a time (callers with an unknown kid queue for it and then find
+// it fresh; callers with a known kid never wait) and at most one per
+// UnknownKidRefreshInterval. Outside that, or when the refresh fails, the
+// last good set answers.
 func (k *IssuerKeys) refreshForUnknown(ctx context.Context) (jwk.Set, error) {
+	k.fetchMu.Lock()
+	defer k.fetchMu.Unlock()
+	now := k.clock.Now()
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if !k.lastRefresh.IsZero() && k.clock.Now().Sub(k.lastRefresh) < UnknownKidRefreshInterval {
-		return k.cache.Get(ctx, k.jwksURL)
+	recent := !k.lastRefresh.IsZero() && now.Sub(k.lastRefresh) < UnknownKidRefreshInterval
+	if !recent {
+		k.lastRefresh = now
 	}
-	k.lastRefresh = k.clock.Now()
-	set, err := k.fetchLocked(ctx)
-	if err != nil {
+	k.mu.Unlock()
+	if !recent {
+		if set, err := k.fetch(ctx); err == nil {
+			return set, nil
+		}
 		// The issuer is down: the last good set still answers.
-		return k.cache.Get(ctx, k.jwksURL)
 	}
-	return set, nil
+	if p := k.current.Load(); p != nil {
+		return *p, nil
+	}
+	return nil, errors.New("issuer keys unavailable")
 }
 
 // discover reads jwks_uri from the issuer's OpenID configuration, whose

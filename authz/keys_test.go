@@ -22,6 +22,10 @@ type fakeIssuer struct {
 	down       bool
 	issuerSays string
 	jwksHits   atomic.Int64
+	// hang, when set, holds every JWKS request until it is closed; each
+	// held request is announced on held.
+	hang chan struct{}
+	held chan struct{}
 }
 
 func newFakeIssuer(t *testing.T) *fakeIssuer {
@@ -43,6 +47,16 @@ func newFakeIssuer(t *testing.T) *fakeIssuer {
 	})
 	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
 		fi.jwksHits.Add(1)
+		fi.mu.Lock()
+		hang, held := fi.hang, fi.held
+		fi.mu.Unlock()
+		if hang != nil {
+			held <- struct{}{}
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+			}
+		}
 		fi.mu.Lock()
 		defer fi.mu.Unlock()
 		if fi.down {
@@ -201,5 +215,39 @@ func TestIssuerKeysFirstFetchFailureFailsFast(t *testing.T) {
 	clock.advance(retryAfterFailure + time.Second)
 	if _, err := k.Key(context.Background(), "K1"); err != nil {
 		t.Fatalf("no recovery after the issuer came back: %v", err)
+	}
+}
+
+// A refresh for an unknown kid against an issuer that hangs must not hold
+// up requests whose kid is known: they are answered from the last good set.
+func TestIssuerKeysKnownKidDoesNotWaitForRefresh(t *testing.T) {
+	fi := newFakeIssuer(t)
+	fi.addKey(t, "k1")
+	k := newKeys(t, fi, &testClock{now: time.Unix(1_700_000_000, 0)})
+	ctx := context.Background()
+	if _, err := k.Key(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	hang, held := make(chan struct{}), make(chan struct{}, 1)
+	fi.mu.Lock()
+	fi.hang, fi.held = hang, held
+	fi.mu.Unlock()
+	defer close(hang)
+
+	unknown := make(chan error, 1)
+	go func() { _, err := k.Key(ctx, "k-unknown"); unknown <- err }()
+	<-held // the refresh is at the issuer, and stays there
+
+	known := make(chan error, 1)
+	go func() { _, err := k.Key(ctx, "k1"); known <- err }()
+	select {
+	case err := <-known:
+		if err != nil {
+			t.Fatalf("known kid during a refresh: %v", err)
+		}
+	case err := <-unknown:
+		t.Fatalf("the unknown-kid refresh ended before the issuer answered: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a known kid waited for the unknown-kid refresh")
 	}
 }
