@@ -147,6 +147,7 @@ func runBench(ctx context.Context, o options) (err error) {
 		if err != nil {
 			return err
 		}
+		s.profiled = len(scenarios) == 0
 		scenarios = append(scenarios, s)
 		cfg.Gateways = append(cfg.Gateways, gatewaySite{Addr: site, DPoP: dpop, KeyPrefix: prefix})
 		addrs = append(addrs, site)

@@ -103,7 +103,7 @@ func main() {
 	flag.StringVar(&o.redisAddr, "redis", redisDefault, "Redis host:port (default $HELSEGATE_TEST_REDIS or 127.0.0.1:6379)")
 	flag.BoolVar(&o.startRedis, "start-redis", true, "start redis-server on a free port when none answers at -redis")
 	flag.StringVar(&configs, "configs", strings.Join(allConfigs, ","), "configurations to run, comma-separated")
-	flag.StringVar(&o.profilePath, "cpuprofile", "", "write a CPU profile of the gateway during an extra, untimed ES256 run to this file")
+	flag.StringVar(&o.profilePath, "cpuprofile", "", "write a CPU profile of the gateway during an extra, untimed run of the first of -configs to this file")
 	flag.IntVar(&o.profileSecs, "cpuprofile-seconds", 10, "length of that profile")
 	flag.BoolVar(&o.keep, "keep", false, "keep the run directory (Caddyfile, logs, audit log)")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up (and stop everything) after this long")

@@ -113,7 +113,7 @@ func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
 		nPlain, nGw = size(plain.rps()), size(gw.rps())
 	}
 
-	if s.alg == "ES256" && b.o.profilePath != "" {
+	if s.profiled && b.o.profilePath != "" {
 		if err := b.profile(ctx, s, nGw); err != nil {
 			return summary{}, err
 		}
@@ -165,7 +165,8 @@ func (b *bench) replayKeys(ctx context.Context, s *scenario) (int, error) {
 }
 
 // profile takes a CPU profile of the gateway from its admin endpoint
-// during an extra ES256 gateway run that the table does not use.
+// during an extra gateway run of the first configuration that the table
+// does not use.
 func (b *bench) profile(ctx context.Context, s *scenario, perRun int) error {
 	secs := b.o.profileSecs
 	// perRun requests last about -run; send enough for the profile and a margin.
@@ -181,7 +182,7 @@ func (b *bench) profile(ctx context.Context, s *scenario, perRun int) error {
 	done := make(chan error, 1)
 	go func() { done <- b.gw.cpuProfile(ctx, secs, path) }()
 	time.Sleep(100 * time.Millisecond)
-	if _, _, err := b.timed(ctx, "ES256 profile run (not in the table)", "gateway", s.site, reqs, n); err != nil {
+	if _, _, err := b.timed(ctx, s.name+" profile run (not in the table)", "gateway", s.site, reqs, n); err != nil {
 		return err
 	}
 	if err := <-done; err != nil {

@@ -30,6 +30,8 @@ type scenario struct {
 	prefix string // that site's Redis key_prefix
 	key    *dpopclient.Key
 	token  string
+	// profiled: -cpuprofile profiles this configuration (the first of -configs).
+	profiled bool
 }
 
 // newScenario makes the client key (if alg is set) and mints its token.
