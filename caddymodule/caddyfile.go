@@ -144,6 +144,10 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		if err := oneOf(d, &s, "on", "off"); err != nil {
 			return err
 		}
+		if hasPlaceholder(s) {
+			// A JSON boolean: nothing is left to resolve it at Provision.
+			return d.Errf("forward_token must be on or off, not a runtime placeholder (%q); {$VAR} substitutes the environment when the Caddyfile is adapted", s)
+		}
 		on := s == "on"
 		h.ForwardToken = &on
 		return nil

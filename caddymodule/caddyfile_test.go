@@ -108,11 +108,14 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"argument on the directive", "", ""}, // placeholder; replaced below
 		{"unknown subdirective", " colour blue\n", `unknown subdirective "colour"`},
 		{"duplicate subdirective", " audience x\n", `duplicate subdirective "audience"`},
-		{"issuer missing value", " jwks_url\n", "wrong argument count"},
+		{"issuer missing value", "", ""},
+		{"jwks_url missing value", " jwks_url\n", "wrong argument count"},
 		{"issuer not https", "", ""},
 		{"unknown algorithm", " algorithms RS256 EdDSA\n", `unknown algorithm "EdDSA"`},
 		{"none algorithm", " dpop_algorithms none\n", `"none" is never accepted`},
 		{"hmac algorithm", " algorithms HS256\n", "HMAC"},
+		{"none access-token algorithm", " algorithms RS256 none\n", `"none" is never accepted`},
+		{"hmac proof algorithm", " dpop_algorithms ES256 HS512\n", "HMAC"},
 		{"bad duration", " clock_skew soon\n", `clock_skew must be a positive duration`},
 		{"negative duration", " dpop_max_age -5s\n", `dpop_max_age must be a positive duration`},
 		{"dpop mode", " dpop sometimes\n", "dpop must be required or optional"},
@@ -125,6 +128,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"jwks over http", " jwks_url http://keys.example/jwks\n", "https"},
 		{"store error mode", " on_store_error maybe\n", "on_store_error must be local or deny"},
 		{"forward token", " forward_token maybe\n", "forward_token must be on or off"},
+		{"forward token placeholder", " forward_token {env.FORWARD}\n", "not a runtime placeholder"},
+		{"redis extra argument", " redis redis://127.0.0.1:6379 redis://127.0.0.2:6379\n", "wrong argument count"},
+		{"redis url and addrs", " redis redis://127.0.0.1:6379 {\n addrs 127.0.0.2:6379\n }\n", "a URL or addrs, not both"},
+		{"redis bad addr", " redis {\n addrs 127.0.0.1\n }\n", "redis"},
 		{"redis without target", " redis {\n db 1\n }\n", "redis needs a URL or addrs"},
 		{"redis bad url", " redis mysql://x\n", "redis"},
 		{"redis unknown option", " redis redis://127.0.0.1 {\n pool 3\n }\n", `unknown redis option "pool"`},
@@ -138,6 +145,8 @@ func TestCaddyfileErrors(t *testing.T) {
 			switch tc.name {
 			case "argument on the directive":
 				input, tc.want = "helseid extra {\n issuer https://x.example\n audience a\n}", "wrong argument count"
+			case "issuer missing value":
+				input, tc.want = "helseid {\n issuer\n audience a\n}", "wrong argument count"
 			case "issuer not https":
 				input, tc.want = "helseid {\n issuer http://helseid-sts.nhn.no\n audience a\n}", "https"
 			}

@@ -233,22 +233,66 @@ func TestServeHTTPDenials(t *testing.T) {
 	}
 }
 
-func TestServeHTTPErrorRoutes(t *testing.T) {
-	f := newHandlerFixture(t, nil)
-	r := f.request(t, "GET", "http://example.com/a", "", "")
-	srv := &caddyhttp.Server{Errors: &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{{}}}}
-	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ServerCtxKey, srv))
+// Without scopes in the config, a 403 for the token kind names no scope
+// (RFC 6749 §3.3: a scope is at least one token).
+func TestServeHTTPInsufficientScopeWithoutScopes(t *testing.T) {
+	f := newHandlerFixture(t, func(h *Handler) { h.Scopes = nil; h.TokenKind = "user" })
+	tok := f.token(t, helseidsim.TokenSpec{OrgParent: "917897468"}) // a machine token
 	w := httptest.NewRecorder()
-	err := f.h.ServeHTTP(w, r, &recordingNext{})
-	var he caddyhttp.HandlerError
-	if !errors.As(err, &he) || he.StatusCode != 401 {
-		t.Fatalf("with error routes want a 401 HandlerError, got %v", err)
+	if err := f.h.ServeHTTP(w, f.request(t, "GET", "http://example.com/a", tok, "http://example.com/a"), &recordingNext{}); err != nil {
+		t.Fatal(err)
 	}
-	if w.Header().Get("WWW-Authenticate") == "" {
-		t.Fatal("the challenge must be set before handing over to the error routes")
+	if got, want := w.Header().Get("WWW-Authenticate"), `DPoP error="insufficient_scope"`; w.Code != 403 || got != want {
+		t.Fatalf("got %d %q, want 403 %q", w.Code, got, want)
 	}
-	if w.Body.Len() != 0 {
-		t.Fatal("the handler wrote a body the error routes should write")
+}
+
+func TestServeHTTPErrorRoutes(t *testing.T) {
+	respond := func() caddyhttp.MiddlewareHandler { return &caddyhttp.StaticResponse{} }
+	host := func(h string) caddyhttp.MatcherSets {
+		return caddyhttp.MatcherSets{caddyhttp.MatcherSet{caddyhttp.MatchHost{h}}}
+	}
+	sub := func(routes ...caddyhttp.Route) caddyhttp.MiddlewareHandler {
+		return &caddyhttp.Subroute{Routes: routes}
+	}
+	for _, tc := range []struct {
+		name   string
+		routes caddyhttp.RouteList
+		answer bool // the error routes answer: the handler returns the error
+	}{
+		{"a route for every request", caddyhttp.RouteList{{Handlers: []caddyhttp.MiddlewareHandler{respond()}}}, true},
+		{"this site's handle_errors", caddyhttp.RouteList{{MatcherSets: host("example.com"), Handlers: []caddyhttp.MiddlewareHandler{sub(caddyhttp.Route{Handlers: []caddyhttp.MiddlewareHandler{respond()}})}}}, true},
+		{"another site's handle_errors", caddyhttp.RouteList{{MatcherSets: host("other.example"), Handlers: []caddyhttp.MiddlewareHandler{respond()}}}, false},
+		{"this site's, for other requests only", caddyhttp.RouteList{{MatcherSets: host("example.com"), Handlers: []caddyhttp.MiddlewareHandler{sub(caddyhttp.Route{MatcherSets: host("nope.example"), Handlers: []caddyhttp.MiddlewareHandler{respond()}})}}}, false},
+		{"a route without handlers", caddyhttp.RouteList{{}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newHandlerFixture(t, nil)
+			r := f.request(t, "GET", "http://example.com/a", "", "")
+			srv := &caddyhttp.Server{Errors: &caddyhttp.HTTPErrorConfig{Routes: tc.routes}}
+			r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ServerCtxKey, srv))
+			w := httptest.NewRecorder()
+			err := f.h.ServeHTTP(w, r, &recordingNext{})
+			if w.Header().Get("WWW-Authenticate") == "" {
+				t.Fatal("no challenge")
+			}
+			if tc.answer {
+				var he caddyhttp.HandlerError
+				if !errors.As(err, &he) || he.StatusCode != 401 {
+					t.Fatalf("want a 401 HandlerError for the error routes, got %v", err)
+				}
+				if w.Body.Len() != 0 {
+					t.Fatal("the handler wrote a body the error routes should write")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("no error route answers: want the problem body written, got error %v", err)
+			}
+			if w.Code != 401 || w.Header().Get("Content-Type") != "application/problem+json" || w.Body.Len() == 0 {
+				t.Fatalf("got %d %q %q", w.Code, w.Header().Get("Content-Type"), w.Body.String())
+			}
+		})
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/helsegate/helsegate/authz"
@@ -16,16 +17,21 @@ import (
 type challenges struct {
 	algs     string // algs="…" of RFC 9449 §7.1
 	bearer   bool   // dpop optional: Bearer is offered too
-	scope    string // scope="…" for insufficient_scope
+	scope    string // `, scope="…"` for insufficient_scope; "" without scopes
 	useNonce bool
 }
 
 func newChallenges(cfg authz.Config) challenges {
-	return challenges{
+	c := challenges{
 		algs:   `algs="` + strings.Join(cfg.DPoPAlgorithms, " ") + `"`,
 		bearer: cfg.DPoP == authz.DPoPOptional,
-		scope:  `scope="` + strings.Join(cfg.Scopes, " ") + `"`,
 	}
+	// RFC 6749 §3.3: a scope is one or more tokens; with none configured
+	// there is no scope attribute.
+	if len(cfg.Scopes) > 0 {
+		c.scope = `, scope="` + strings.Join(cfg.Scopes, " ") + `"`
+	}
+	return c
 }
 
 // errorCode is the error code of a denial: the OAuth one (RFC 6750 §3.1,
@@ -87,7 +93,7 @@ func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
 		hdr.Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", `+desc)
 		hdr.Set("DPoP-Nonce", h.verifier.NewNonce())
 	case authz.InsufficientScope:
-		hdr.Set("WWW-Authenticate", `DPoP error="insufficient_scope", `+c.scope)
+		hdr.Set("WWW-Authenticate", `DPoP error="insufficient_scope"`+c.scope)
 	case authz.Unavailable:
 		hdr.Set("Retry-After", "5")
 	}
@@ -103,15 +109,16 @@ type problem struct {
 	Error  string `json:"error"`
 }
 
-// deny answers a denied request. With error routes on the server it returns a
-// HandlerError for them (headers already set); without, it writes the
-// problem+json body itself, since Caddy would otherwise send an empty one.
+// deny answers a denied request. When the server's error routes answer it
+// (handle_errors), it returns a HandlerError for them, headers already set;
+// otherwise it writes the problem+json body itself, since Caddy would send an
+// empty one.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error) error {
 	st := status(derr.Kind)
 	h.setChallenge(w.Header(), derr)
-	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
-		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
-		return caddyhttp.Error(st, derr)
+	herr := caddyhttp.Error(st, derr)
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && errorRoutesAnswer(srv, r, herr) {
+		return herr
 	}
 	code := errorCode(derr)
 	body, err := json.Marshal(problem{
@@ -122,7 +129,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 		Error:  code,
 	})
 	if err != nil {
-		return caddyhttp.Error(st, derr)
+		return herr
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -130,4 +137,44 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 	w.WriteHeader(st)
 	_, _ = w.Write(body)
 	return nil
+}
+
+// errorRoutesAnswer reports whether the server's error routes would answer
+// err for r. The Caddyfile puts every site's handle_errors behind that site's
+// host matcher, and one site's error routes must not silence the default
+// body of another site on the same listener; so the routes are matched as
+// Caddy will run them, with the error in the request.
+func errorRoutesAnswer(srv *caddyhttp.Server, r *http.Request, err error) bool {
+	if srv.Errors == nil || len(srv.Errors.Routes) == 0 {
+		return false
+	}
+	if _, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		r = srv.Errors.WithError(r, err) // http.error.* for expression matchers
+	}
+	return routesAnswer(srv.Errors.Routes, r)
+}
+
+// routesAnswer reports whether some route of routes matches r and leads to
+// a handler: one that is not a subroute, or a subroute whose own routes
+// answer. A matcher that fails counts as an answer: Caddy will report it.
+func routesAnswer(routes caddyhttp.RouteList, r *http.Request) bool {
+	for _, rt := range routes {
+		match, err := rt.MatcherSets.AnyMatchWithError(r)
+		if err != nil {
+			return true
+		}
+		if !match {
+			continue
+		}
+		for _, mh := range rt.Handlers {
+			sub, ok := mh.(*caddyhttp.Subroute)
+			if !ok || routesAnswer(sub.Routes, r) {
+				return true
+			}
+		}
+		if rt.Terminal {
+			return false
+		}
+	}
+	return false
 }
