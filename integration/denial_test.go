@@ -12,6 +12,9 @@ import (
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
 
+// A test national identity number and HPR number for user tokens.
+const testPID, testHPR = "17056600574", "565501872"
+
 // SPEC §4: every denial class with its status, challenge and problem body.
 func TestDenials(t *testing.T) {
 	g := sharedGateway(t)
@@ -199,6 +202,45 @@ func TestDenials(t *testing.T) {
 			status: 401, code: "invalid_dpop_proof", reason: "proof_iat", challenge: errorChallenge("invalid_dpop_proof"),
 		},
 		{
+			name: "token not yet valid (nbf)",
+			build: func(t *testing.T) req {
+				return withToken(t, helseidsim.TokenSpec{NotBefore: time.Now().Add(time.Minute)}, "GET", api, "", dpopclient.ProofOptions{})
+			},
+			status: 401, code: "invalid_token", reason: "token_not_yet_valid", challenge: errorChallenge("invalid_token"),
+		},
+		{
+			name: "token kind: machine token on a user route",
+			build: func(t *testing.T) req {
+				return withToken(t, helseidsim.TokenSpec{}, "GET", g.url(0, "/user/d"), "", dpopclient.ProofOptions{})
+			},
+			status: 403, code: "insufficient_scope", reason: "token_kind",
+			challenge: challengeIs(`DPoP error="insufficient_scope", scope="` + scope + `"`),
+		},
+		{
+			name: "token kind: user token on a machine route",
+			build: func(t *testing.T) req {
+				return withToken(t, helseidsim.TokenSpec{PID: testPID, SecurityLevel: "4", HPRNumber: testHPR}, "GET", g.url(0, "/machine/d"), "", dpopclient.ProofOptions{})
+			},
+			status: 403, code: "insufficient_scope", reason: "token_kind",
+			challenge: challengeIs(`DPoP error="insufficient_scope", scope="` + scope + `"`),
+		},
+		{
+			name: "security level below min_security_level",
+			build: func(t *testing.T) req {
+				return withToken(t, helseidsim.TokenSpec{PID: testPID, SecurityLevel: "3", HPRNumber: testHPR}, "GET", g.url(0, "/user/d"), "", dpopclient.ProofOptions{})
+			},
+			status: 403, code: "insufficient_scope", reason: "security_level",
+			challenge: challengeIs(`DPoP error="insufficient_scope", scope="` + scope + `"`),
+		},
+		{
+			name: "require_hpr without an HPR number",
+			build: func(t *testing.T) req {
+				return withToken(t, helseidsim.TokenSpec{PID: testPID, SecurityLevel: "4"}, "GET", g.url(0, "/user/d"), "", dpopclient.ProofOptions{})
+			},
+			status: 403, code: "insufficient_scope", reason: "hpr_missing",
+			challenge: challengeIs(`DPoP error="insufficient_scope", scope="` + scope + `"`),
+		},
+		{
 			name: "missing scope",
 			build: func(t *testing.T) req {
 				return withToken(t, helseidsim.TokenSpec{Scopes: []string{"nhn:kjernejournal/other"}}, "GET", api, "", dpopclient.ProofOptions{})
@@ -222,6 +264,12 @@ func TestDenials(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("user route: a user token that meets the policy passes", func(t *testing.T) {
+		url := g.url(0, "/user/d")
+		tok := c.token(t, helseidsim.TokenSpec{PID: testPID, SecurityLevel: "4", HPRNumber: testHPR})
+		expectOK(t, send(t, "GET", url, dpopHeaders(tok, c.proof(t, "GET", url, tok, dpopclient.ProofOptions{}))))
+	})
 
 	t.Run("nonce required, then the retry with it succeeds", func(t *testing.T) {
 		url := g.url(0, "/nonce/d")

@@ -437,6 +437,8 @@ func simpleSite(issuer, upstreamURL string, extra ...string) siteFunc {
 //	/off/*      forward_token off
 //	/optional/* dpop optional
 //	/nonce/*    dpop_nonce
+//	/user/*     token_kind user, min_security_level 4, require_hpr
+//	/machine/*  token_kind machine
 //	everything else: default helseid
 //
 // Site 1 is the default helseid with handle_errors.
@@ -460,6 +462,8 @@ func mainSites(issuer, up string) siteFunc {
 			route("/off/* ", "handle", "forward_token off") +
 			route("/optional/* ", "handle", "dpop optional") +
 			route("/nonce/* ", "handle", "dpop_nonce "+nonceSecret) +
+			route("/user/* ", "handle", "token_kind user", "min_security_level 4", "require_hpr") +
+			route("/machine/* ", "handle", "token_kind machine") +
 			// The default route also passes two placeholders upstream (SPEC §6).
 			strings.Replace(route("", "handle"), "reverse_proxy "+up+"\n",
 				"reverse_proxy "+up+" {\n\t\theader_up X-Test-User-Id {http.auth.user.id}\n\t\theader_up X-Test-Jkt {http.auth.user.jkt}\n\t}\n", 1)
