@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -164,31 +165,38 @@ func (b *bench) replayKeys(ctx context.Context, s *scenario) (int, error) {
 	return b.redis.countKeys(ctx, s.prefix+"v1:dpop:*")
 }
 
-// profile takes a CPU profile of the gateway from its admin endpoint
-// during an extra gateway run of the first configuration that the table
-// does not use.
+// profile takes CPU profiles of the gateway process from its admin endpoint
+// during two extra runs of the first configuration that the table does not
+// use: one on its gateway site (to -cpuprofile) and one on the plain site
+// (to -cpuprofile with ".plain" before its extension), so that
+// `go tool pprof -diff_base` shows what the gateway adds.
 func (b *bench) profile(ctx context.Context, s *scenario, perRun int) error {
 	secs := b.o.profileSecs
 	// perRun requests last about -run; send enough for the profile and a margin.
 	n := min(int(float64(perRun)*(float64(secs)+2)/b.o.runTime.Seconds()), 4*b.o.maxRequests)
-	reqs, err := s.requests(ctx, n)
-	if err != nil {
-		return err
-	}
 	path, err := filepath.Abs(b.o.profilePath)
 	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
-	go func() { done <- b.gw.cpuProfile(ctx, secs, path) }()
-	time.Sleep(100 * time.Millisecond)
-	if _, _, err := b.timed(ctx, s.name+" profile run (not in the table)", "gateway", s.site, reqs, n); err != nil {
-		return err
+	ext := filepath.Ext(path)
+	plainPath := strings.TrimSuffix(path, ext) + ".plain" + ext
+	for _, run := range []struct{ kind, addr, path string }{{"gateway", s.site, path}, {"plain", b.plain, plainPath}} {
+		reqs, err := s.requests(ctx, n)
+		if err != nil {
+			return err
+		}
+		done := make(chan error, 1)
+		go func() { done <- b.gw.cpuProfile(ctx, secs, run.path) }()
+		time.Sleep(100 * time.Millisecond)
+		if _, _, err := b.timed(ctx, s.name+" profile run (not in the table)", run.kind, run.addr, reqs, n); err != nil {
+			return err
+		}
+		if err := <-done; err != nil {
+			return fmt.Errorf("CPU profile: %w", err)
+		}
 	}
-	if err := <-done; err != nil {
-		return fmt.Errorf("CPU profile: %w", err)
-	}
-	fmt.Printf("    CPU profile of the gateway (%d s of this run): go tool pprof -top -cum -nodecount=15 %s %s\n", secs, b.o.bin, path)
+	fmt.Printf("    CPU profiles of the gateway process (%d s of each run): go tool pprof -top -cum -nodecount=15 %s %s\n", secs, b.o.bin, path)
+	fmt.Printf("    what the gateway adds: go tool pprof -top -diff_base %s %s %s\n", plainPath, b.o.bin, path)
 	return nil
 }
 
