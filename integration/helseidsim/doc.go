@@ -12,9 +12,11 @@
 //
 // Tokens imitate real HelseID access tokens: JWS compact, header typ
 // "at+jwt", alg RS256, kid of 40 upper-case hex characters, HelseID claim
-// names (helseid://claims/...), scope as a JSON array, security_level as a
-// string and, for DPoP-bound tokens, cnf.jkt. Mint produces arbitrary,
-// including deliberately broken, tokens for negative tests.
+// names (helseid://claims/...), scope as a JSON array, client_tenancy on
+// every token from the token endpoint, user tokens with an opaque sub, pid,
+// security_level as a string and the matching assurance_level and, for
+// DPoP-bound tokens, cnf.jkt. Mint produces arbitrary, including
+// deliberately broken, tokens for negative tests.
 //
 // There is no client authentication: anyone who can reach the loopback
 // port gets a token for whatever org numbers they ask for. Never expose it.

@@ -48,6 +48,7 @@ type TokenSpec struct {
 
 	JKT string // cnf.jkt (RFC 7638 thumbprint); empty = unbound token
 
+	Subject        string // sub; HelseID puts an opaque pseudonym in user tokens
 	PID            string // user tokens: helseid://claims/identity/pid
 	SecurityLevel  string // e.g. "4"; always a string, as HelseID sends it
 	AssuranceLevel string // e.g. "high"
@@ -189,6 +190,7 @@ func (s *Server) claims(spec TokenSpec) map[string]any {
 		c["cnf"] = map[string]any{"jkt": spec.JKT}
 	}
 	for name, v := range map[string]string{
+		"sub":               spec.Subject,
 		ClaimOrgParent:      spec.OrgParent,
 		ClaimOrgChild:       spec.OrgChild,
 		ClaimOrgSupplier:    spec.OrgSupplier,

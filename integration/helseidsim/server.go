@@ -1,6 +1,7 @@
 package helseidsim
 
 import (
+	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
@@ -54,6 +55,8 @@ type Server struct {
 	keys    []*signingKey // every key ever made, oldest first
 	current *signingKey
 	seenJTI map[string]time.Time // DPoP proof jti replay cache
+
+	subKey []byte // HMAC key of the sub pseudonyms, random per simulator
 }
 
 type signingKey struct {
@@ -73,7 +76,10 @@ func Start(opts Options) (*Server, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	s := &Server{clock: clock, seenJTI: map[string]time.Time{}, done: make(chan struct{})}
+	s := &Server{clock: clock, seenJTI: map[string]time.Time{}, done: make(chan struct{}), subKey: make([]byte, 32)}
+	if _, err := rand.Read(s.subKey); err != nil {
+		return nil, fmt.Errorf("helseidsim: %w", err)
+	}
 	if _, err := s.Rotate(); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,9 @@
 package helseidsim
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"net/http"
 	"strings"
 	"time"
@@ -19,13 +22,26 @@ const (
 	FormSecurityLevel  = "security_level"
 	FormAssuranceLevel = "assurance_level"
 	FormHPRNumber      = "hpr_number"
+	FormSubject        = "sub"
 )
 
 // Defaults for user tokens from the token endpoint (synthetic test values
-// from HelseID's public examples).
+// from HelseID's public examples). The assurance level, unless asked for,
+// follows the security level as HelseID maps them: 4 high, 3 substantial,
+// otherwise low.
 const (
 	DefaultPID           = "17056600574"
 	DefaultSecurityLevel = "4"
+)
+
+// Tenancy values of helseid://claims/client/client_tenancy. Every token the
+// endpoint issues carries one, as HelseID's do: multi-tenant when the
+// request names a supplier (orgnr_supplier), single-tenant otherwise, unless
+// the tenancy field asks for one.
+const (
+	TenancySingle = "single-tenant"
+	TenancyMulti  = "multi-tenant"
+	TenancyNone   = "none" // HelseID TTT only
 )
 
 // handleToken implements client_credentials with a mandatory DPoP proof. No
@@ -46,6 +62,19 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	tenancy := f.Get(FormTenancy)
+	switch tenancy {
+	case "":
+		tenancy = TenancySingle
+		if f.Get(FormOrgSupplier) != "" {
+			tenancy = TenancyMulti
+		}
+	case TenancySingle, TenancyMulti, TenancyNone:
+	default:
+		tokenError(w, "invalid_request", "tenancy must be single-tenant, multi-tenant or none")
+		return
+	}
+
 	spec := TokenSpec{
 		Audience:    f["resource"],
 		Scopes:      strings.Fields(f.Get("scope")),
@@ -53,7 +82,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		OrgParent:   f.Get(FormOrgParent),
 		OrgChild:    f.Get(FormOrgChild),
 		OrgSupplier: f.Get(FormOrgSupplier),
-		Tenancy:     f.Get(FormTenancy),
+		Tenancy:     tenancy,
 		JKT:         jkt,
 	}
 	if len(spec.Scopes) == 0 {
@@ -62,8 +91,9 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	if f.Get(FormUser) == "true" {
 		spec.PID = orDefault(f.Get(FormPID), DefaultPID)
 		spec.SecurityLevel = orDefault(f.Get(FormSecurityLevel), DefaultSecurityLevel)
-		spec.AssuranceLevel = f.Get(FormAssuranceLevel)
+		spec.AssuranceLevel = orDefault(f.Get(FormAssuranceLevel), assuranceOf(spec.SecurityLevel))
 		spec.HPRNumber = f.Get(FormHPRNumber)
+		spec.Subject = orDefault(f.Get(FormSubject), s.pseudonym(orDefault(spec.ClientID, DefaultClientID), spec.PID))
 	}
 	scopes := spec.Scopes
 	if scopes == nil {
@@ -85,6 +115,28 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 
 func tokenError(w http.ResponseWriter, code, desc string) {
 	writeJSON(w, http.StatusBadRequest, map[string]string{"error": code, "error_description": desc})
+}
+
+// assuranceOf maps a HelseID security level to its eIDAS assurance level.
+func assuranceOf(securityLevel string) string {
+	switch securityLevel {
+	case "4":
+		return "high"
+	case "3":
+		return "substantial"
+	default:
+		return "low"
+	}
+}
+
+// pseudonym stands in for HelseID's sub: an opaque value, the same for one
+// person at one client while the simulator runs, from which the pid cannot
+// be read (an HMAC under a random key, base64 with padding as HelseID's
+// look).
+func (s *Server) pseudonym(clientID, pid string) string {
+	mac := hmac.New(sha256.New, s.subKey)
+	mac.Write([]byte(clientID + "\x00" + pid))
+	return base64.StdEncoding.EncodeToString(mac.Sum(nil))
 }
 
 func orDefault(v, def string) string {

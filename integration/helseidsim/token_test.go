@@ -43,8 +43,46 @@ func TestTokenEndpointBindsJKT(t *testing.T) {
 	if sc, _ := c["scope"].([]any); len(sc) != 2 {
 		t.Errorf("scope = %#v", c["scope"])
 	}
-	if _, ok := c[helseidsim.ClaimPID]; ok {
-		t.Error("machine token has pid")
+	// HelseID names the tenancy of the client in every token.
+	if c[helseidsim.ClaimTenancy] != helseidsim.TenancySingle {
+		t.Errorf("%s = %#v, want %q", helseidsim.ClaimTenancy, c[helseidsim.ClaimTenancy], helseidsim.TenancySingle)
+	}
+	for _, user := range []string{helseidsim.ClaimPID, helseidsim.ClaimSecurityLevel, helseidsim.ClaimAssuranceLevel, "sub"} {
+		if _, ok := c[user]; ok {
+			t.Errorf("machine token has %s", user)
+		}
+	}
+}
+
+func TestTokenEndpointTenancy(t *testing.T) {
+	s := start(t, helseidsim.Options{})
+	key, err := dpopclient.NewKey("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		form url.Values
+		want string
+	}{
+		{"no supplier", url.Values{"orgnr_parent": {"917897468"}}, helseidsim.TenancySingle},
+		{"supplier", url.Values{"orgnr_parent": {"917897468"}, "orgnr_supplier": {"994598759"}}, helseidsim.TenancyMulti},
+		{"asked for", url.Values{"tenancy": {"none"}}, helseidsim.TenancyNone},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok, err := key.FetchToken(context.Background(), s.TokenEndpoint(), tc.form)
+			if err != nil {
+				t.Fatalf("FetchToken: %v", err)
+			}
+			if _, c := decode(t, tok); c["helseid://claims/client/client_tenancy"] != tc.want {
+				t.Errorf("client_tenancy = %#v, want %q", c["helseid://claims/client/client_tenancy"], tc.want)
+			}
+		})
+	}
+	_, err = key.FetchToken(context.Background(), s.TokenEndpoint(), url.Values{"tenancy": {"dual-tenant"}})
+	var te *dpopclient.TokenError
+	if !errors.As(err, &te) || te.Code != "invalid_request" {
+		t.Errorf("unknown tenancy: err = %v, want invalid_request", err)
 	}
 }
 
@@ -62,14 +100,81 @@ func TestTokenEndpointUserToken(t *testing.T) {
 	}
 	_, c := decode(t, tok)
 	for k, v := range map[string]any{
-		helseidsim.ClaimPID:           "17056600574",
-		helseidsim.ClaimSecurityLevel: "3", // a string, as HelseID sends it
-		helseidsim.ClaimHPRNumber:     "431001110",
-		"aud":                         helseidsim.DefaultAudience,
+		helseidsim.ClaimPID:            "17056600574",
+		helseidsim.ClaimSecurityLevel:  "3", // a string, as HelseID sends it
+		helseidsim.ClaimAssuranceLevel: "substantial",
+		helseidsim.ClaimHPRNumber:      "431001110",
+		helseidsim.ClaimTenancy:        helseidsim.TenancySingle,
+		"aud":                          helseidsim.DefaultAudience,
 	} {
 		if c[k] != v {
 			t.Errorf("%s = %#v, want %#v", k, c[k], v)
 		}
+	}
+
+	// sub is an opaque pseudonym: present, not the pid, the same for the
+	// same person at the same client, different for another person.
+	sub, _ := c["sub"].(string)
+	if sub == "" || strings.Contains(sub, "17056600574") {
+		t.Fatalf("sub = %#v, want an opaque pseudonym", c["sub"])
+	}
+	subOf := func(form url.Values) string {
+		t.Helper()
+		tok, err := key.FetchToken(context.Background(), s.TokenEndpoint(), form)
+		if err != nil {
+			t.Fatalf("FetchToken: %v", err)
+		}
+		_, c := decode(t, tok)
+		got, _ := c["sub"].(string)
+		return got
+	}
+	if again := subOf(url.Values{"user": {"true"}, "pid": {"17056600574"}}); again != sub {
+		t.Errorf("sub of the same person changed: %q, then %q", sub, again)
+	}
+	if other := subOf(url.Values{"user": {"true"}, "pid": {"13116900216"}}); other == sub || other == "" {
+		t.Errorf("sub of another person = %q (first person's %q)", other, sub)
+	}
+	if other := subOf(url.Values{"user": {"true"}, "pid": {"17056600574"}, "client_id": {"another-client"}}); other == sub || other == "" {
+		t.Errorf("sub at another client = %q, want a different pseudonym than %q", other, sub)
+	}
+}
+
+func TestTokenEndpointUserDefaults(t *testing.T) {
+	s := start(t, helseidsim.Options{})
+	key, err := dpopclient.NewKey("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		form url.Values
+		want map[string]string
+	}{
+		{"defaults", url.Values{"user": {"true"}}, map[string]string{
+			helseidsim.ClaimPID: helseidsim.DefaultPID, helseidsim.ClaimSecurityLevel: "4", helseidsim.ClaimAssuranceLevel: "high"}},
+		{"level 2", url.Values{"user": {"true"}, "security_level": {"2"}}, map[string]string{
+			helseidsim.ClaimSecurityLevel: "2", helseidsim.ClaimAssuranceLevel: "low"}},
+		{"asked for", url.Values{"user": {"true"}, "assurance_level": {"substantial"}, "sub": {"my-subject"}}, map[string]string{
+			helseidsim.ClaimSecurityLevel: "4", helseidsim.ClaimAssuranceLevel: "substantial", "sub": "my-subject"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok, err := key.FetchToken(context.Background(), s.TokenEndpoint(), tc.form)
+			if err != nil {
+				t.Fatalf("FetchToken: %v", err)
+			}
+			if _, err := verify(tok, fetchJWKS(t, s)); err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			_, c := decode(t, tok)
+			for k, v := range tc.want {
+				if c[k] != v {
+					t.Errorf("%s = %#v, want %q", k, c[k], v)
+				}
+			}
+			if sub, _ := c["sub"].(string); sub == "" {
+				t.Error("user token without sub")
+			}
+		})
 	}
 }
 
