@@ -196,11 +196,18 @@ func (h *Handler) resolvePlaceholders() error {
 		}
 	}
 	if h.Redis != nil {
+		urlFromPlaceholder := hasPlaceholder(h.Redis.URL)
 		for _, s := range []*string{&h.Redis.URL, &h.Redis.MasterName, &h.Redis.Username, &h.Redis.Password, &h.Redis.KeyPrefix} {
 			resolve(s)
 		}
 		for i := range h.Redis.Addrs {
 			resolve(&h.Redis.Addrs[i])
+		}
+		// "redis {env.REDIS_URL}" keeps the URL, and any password in it, out
+		// of the JSON config. A URL placeholder that resolves to empty, or a
+		// URL of none, means the in-process store, as "redis none" does.
+		if len(h.Redis.Addrs) == 0 && (h.Redis.URL == "none" || (urlFromPlaceholder && h.Redis.URL == "")) {
+			h.Redis = nil
 		}
 	}
 	return nil

@@ -21,37 +21,33 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "call",
-		Usage: "[--org <orgnr>] [--child <orgnr>] [--scope <scope>] [--user] [--method GET] [--replay] [--bearer] [--token <jwt> --key <file>] <url>",
+		Usage: "[--org <orgnr>] [--child <orgnr>] [--scope <scope>] [--user] [--method GET] [--replay] [--bearer] [--key <file>] [--token <jwt> --key <file>] <url> | --new-key <file> [--alg ES256]",
 		Short: "Sends one DPoP-protected request, as a HelseID client would",
 		Long: `
 call is a DPoP client for people and scripts. It gets an access token for the
-chosen organization from the HelseID simulator of 'helsegate dev' (or takes
---token with the private JWK in --key that it is bound to), signs a fresh DPoP
-proof for the request, sends it and prints the status, the relevant response
-headers and the body.
+chosen organization from the HelseID simulator of 'helsegate dev', bound to a
+fresh proof key (or to the private JWK in --key), or takes --token with the
+private JWK in --key that it is bound to. It signs a fresh DPoP proof for the
+request, sends it and prints the status, the relevant response headers and
+the body.
+
+--new-key <file> writes a fresh private JWK for --alg to <file> (mode 0600,
+never overwriting) and prints its RFC 7638 thumbprint, the cnf.jkt of tokens
+bound to it; use it with --key. Keep the file secret.
 
 --replay sends the same proof twice (the second must be refused);
---bearer sends the DPoP-bound token with the Bearer scheme and no proof (a
-downgrade the gateway must refuse). A use_dpop_nonce answer is retried once
-with the nonce. Exit status: 0 when every response was 2xx, 1 otherwise.`,
+--bearer sends the DPoP-bound token with the Bearer scheme and no proof (the
+gateway must refuse it). A use_dpop_nonce answer is retried once with the
+nonce; the retried answer is the one that counts.
+
+Exit status: 0 when every response was 2xx, 1 otherwise. With --replay:
+0 when the first response was 2xx and the replayed proof was refused with
+401 invalid_dpop_proof (the gateway caught the replay), 1 otherwise.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			f := cmd.Flags()
-			f.String("issuer", "http://127.0.0.1:8081", "HelseID simulator to get the token from")
-			f.String("org", "917897468", "orgnr_parent of the token")
-			f.String("child", "", "orgnr_child of the token")
-			f.String("scope", helseidsim.DefaultScope, "scopes of the token, space-separated")
-			f.String("audience", helseidsim.DefaultAudience, "audience (resource) of the token")
-			f.Bool("user", false, "ask for a user token (pid, security level 4, HPR number)")
-			f.String("method", "GET", "HTTP method")
-			f.String("alg", "ES256", "proof key algorithm")
-			f.Bool("replay", false, "send the same proof twice")
-			f.Bool("bearer", false, "send the token as Bearer, without a proof")
-			f.String("token", "", "use this access token instead of asking the simulator")
-			f.String("key", "", "file with the private JWK the --token is bound to")
-			f.Bool("quiet", false, "print only the status line of each response")
-			cmd.Args = cobra.ExactArgs(1)
+			callFlags(cmd)
+			cmd.Args = cobra.MaximumNArgs(1)
 			cmd.RunE = func(cmd *cobra.Command, args []string) error {
-				code, err := runCall(cmd, args[0])
+				code, err := runCall(cmd, args)
 				if err != nil {
 					return err
 				}
@@ -64,10 +60,44 @@ with the nonce. Exit status: 0 when every response was 2xx, 1 otherwise.`,
 	})
 }
 
-func runCall(cmd *cobra.Command, target string) (int, error) {
+// callFlags defines the flags of call on cmd.
+func callFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.String("issuer", "http://127.0.0.1:8081", "HelseID simulator to get the token from")
+	f.String("org", "917897468", "orgnr_parent of the token")
+	f.String("child", "", "orgnr_child of the token")
+	f.String("scope", helseidsim.DefaultScope, "scopes of the token, space-separated")
+	f.String("audience", helseidsim.DefaultAudience, "audience (resource) of the token")
+	f.Bool("user", false, "ask for a user token (pid, security level 4, HPR number)")
+	f.String("method", "GET", "HTTP method")
+	f.String("alg", "ES256", "proof key algorithm (of a fresh key, and of --new-key)")
+	f.Bool("replay", false, "send the same proof twice")
+	f.Bool("bearer", false, "send the token as Bearer, without a proof")
+	f.String("token", "", "use this access token instead of asking the simulator (needs --key)")
+	f.String("key", "", "file with the private JWK to sign proofs with: the one --token is bound to, or the one the simulator's token is bound to")
+	f.String("new-key", "", "write a fresh private JWK for --alg to this file and exit")
+	f.Bool("quiet", false, "print only the status line of each response")
+}
+
+func runCall(cmd *cobra.Command, args []string) (int, error) {
 	f := cmd.Flags()
 	str := func(n string) string { v, _ := f.GetString(n); return v }
 	flag := func(n string) bool { v, _ := f.GetBool(n); return v }
+	out := cmd.OutOrStdout()
+
+	if p := str("new-key"); p != "" {
+		if len(args) != 0 {
+			return 1, errors.New("call: --new-key takes no URL")
+		}
+		return 0, writeNewKey(out, p, str("alg"))
+	}
+	if len(args) != 1 {
+		return 1, errors.New("call: needs the URL to call (or --new-key <file>)")
+	}
+	if flag("replay") && flag("bearer") {
+		return 1, errors.New("call: --replay needs a proof, --bearer sends none")
+	}
+	target := args[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -109,7 +139,7 @@ func runCall(cmd *cobra.Command, target string) (int, error) {
 	}
 	if nonce := resp.Header.Get("DPoP-Nonce"); resp.StatusCode == http.StatusUnauthorized && nonce != "" &&
 		strings.Contains(resp.Header.Get("WWW-Authenticate"), "use_dpop_nonce") && !flag("bearer") {
-		printResponse(resp, flag("quiet"), "nonce requested; retrying with it")
+		printResponse(out, resp, flag("quiet"), "nonce requested; retrying with it")
 		if proof, err = newProof(nonce); err != nil {
 			return 1, err
 		}
@@ -117,38 +147,61 @@ func runCall(cmd *cobra.Command, target string) (int, error) {
 			return 1, err
 		}
 	}
-	code := printResponse(resp, flag("quiet"), "")
-	if flag("replay") {
-		resp, err := send(proof)
-		if err != nil {
-			return 1, err
-		}
-		if printResponse(resp, flag("quiet"), "the same proof again (replay)") == 0 {
-			code = 0
-		} else {
-			code = 1
-		}
+	first := printResponse(out, resp, flag("quiet"), "")
+	if !flag("replay") {
+		return exitCode(first, nil), nil
 	}
-	return code, nil
+	if resp, err = send(proof); err != nil {
+		return 1, err
+	}
+	second := printResponse(out, resp, flag("quiet"), "the same proof again (replay)")
+	return exitCode(first, &second), nil
+}
+
+// outcome is what the exit status is decided on: the status and the error
+// code of the WWW-Authenticate challenge, if any.
+type outcome struct {
+	status int
+	err    string
+}
+
+// exitCode is 0 when the response was 2xx; with a replay, 0 only when the
+// first response was 2xx and the replayed proof was refused as a bad proof
+// (401 invalid_dpop_proof). Otherwise 1.
+func exitCode(first outcome, replay *outcome) int {
+	if first.status < 200 || first.status > 299 {
+		return 1
+	}
+	if replay != nil && (replay.status != http.StatusUnauthorized || replay.err != "invalid_dpop_proof") {
+		return 1
+	}
+	return 0
 }
 
 // credentials returns the proof key and the access token: from --token and
-// --key, or a fresh key and a token from the simulator bound to it.
+// --key, or a token from the simulator bound to --key or to a fresh key.
 func credentials(ctx context.Context, str func(string) string, flag func(string) bool) (*dpopclient.Key, string, error) {
+	var key *dpopclient.Key
+	if p := str("key"); p != "" {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, "", fmt.Errorf("call: --key: %w", err)
+		}
+		if key, err = dpopclient.LoadKey(data); err != nil {
+			return nil, "", fmt.Errorf("call: --key %s: %w", p, err)
+		}
+	}
 	if tok := str("token"); tok != "" {
-		if str("key") == "" {
+		if key == nil {
 			return nil, "", errors.New("call: --token needs --key, the private JWK the token is bound to")
 		}
-		data, err := os.ReadFile(str("key"))
-		if err != nil {
+		return key, tok, nil
+	}
+	if key == nil {
+		var err error
+		if key, err = dpopclient.NewKey(str("alg")); err != nil {
 			return nil, "", err
 		}
-		key, err := dpopclient.LoadKey(data)
-		return key, tok, err
-	}
-	key, err := dpopclient.NewKey(str("alg"))
-	if err != nil {
-		return nil, "", err
 	}
 	form := url.Values{
 		"client_id":              {helseidsim.DefaultClientID},
@@ -170,26 +223,67 @@ func credentials(ctx context.Context, str func(string) string, flag func(string)
 	return key, tok, nil
 }
 
+// writeNewKey writes a fresh private JWK for alg to path, readable by its
+// owner only and never over an existing file, and prints the thumbprint.
+func writeNewKey(out io.Writer, path, alg string) error {
+	key, err := dpopclient.NewKey(alg)
+	if err != nil {
+		return fmt.Errorf("call: --new-key: %w", err)
+	}
+	data, err := key.MarshalPrivateJWK()
+	if err != nil {
+		return fmt.Errorf("call: --new-key: %w", err)
+	}
+	file, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("call: --new-key: %w", err)
+	}
+	if _, err = file.Write(append(data, '\n')); err == nil {
+		err = file.Close()
+	} else {
+		_ = file.Close()
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("call: --new-key: %w", err)
+	}
+	fmt.Fprintf(out, "wrote a private %s JWK to %s (keep it secret)\njkt (RFC 7638 thumbprint): %s\n", key.Alg(), path, key.Thumbprint())
+	return nil
+}
+
 // printResponse prints the status, the headers that explain a decision and
-// the body; it returns 0 for a 2xx status, 1 otherwise.
-func printResponse(resp *http.Response, quiet bool, note string) int {
+// the body, and returns the status with the challenge's error code.
+func printResponse(out io.Writer, resp *http.Response, quiet bool, note string) outcome {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if note != "" {
-		fmt.Printf("# %s\n", note)
+		fmt.Fprintf(out, "# %s\n", note)
 	}
-	fmt.Println(resp.Proto, resp.Status)
+	fmt.Fprintln(out, resp.Proto, resp.Status)
 	if !quiet {
 		for _, h := range []string{"WWW-Authenticate", "DPoP-Nonce", "Retry-After", "Content-Type"} {
 			for _, v := range resp.Header.Values(h) {
-				fmt.Printf("%s: %s\n", h, v)
+				fmt.Fprintf(out, "%s: %s\n", h, v)
 			}
 		}
-		fmt.Println()
-		fmt.Println(strings.TrimSpace(string(body)))
+		fmt.Fprintln(out)
+		fmt.Fprintln(out, strings.TrimSpace(string(body)))
 	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return 0
+	return outcome{status: resp.StatusCode, err: challengeError(resp.Header.Values("WWW-Authenticate"))}
+}
+
+// challengeError returns the error="…" parameter of a WWW-Authenticate
+// challenge, or "".
+func challengeError(values []string) string {
+	for _, v := range values {
+		i := strings.Index(v, `error="`)
+		if i < 0 {
+			continue
+		}
+		rest := v[i+len(`error="`):]
+		if j := strings.IndexByte(rest, '"'); j >= 0 {
+			return rest[:j]
+		}
 	}
-	return 1
+	return ""
 }

@@ -38,10 +38,15 @@ func init() {
 dev starts, on loopback only:
   - a HelseID simulator (discovery, JWKS, a token endpoint issuing DPoP-bound
     client-credentials tokens for chosen org numbers) on --issuer-port,
-  - a membership registry simulator (HTTP contract v1) fed from --members,
+  - a membership registry simulator (HTTP contract v1) fed from --members
+    (decoded strictly: an unknown field is an error),
   - a stand-in Kjernejournal upstream that echoes what it received,
   - and the gateway on --config (Caddyfile.example), with the in-process store
     unless REDIS_URL is set.
+The config runs unchanged: dev points it at the above through HELSEID_ISSUER,
+MEMBERSHIP_REGISTRY, KJ_UPSTREAM, HELSEGATE_SITE, HELSEGATE_PUBLIC_ORIGIN and
+HELSEGATE_ADMIN, keeps the gateway on loopback with HELSEGATE_BIND=127.0.0.1,
+and sets MEMBERSHIP_TOKEN (shared with the registry simulator) when it is unset.
 The simulators are test doubles: never point a real client at them.
 It prints what to run next, and stops on Ctrl-C.`,
 		CobraFunc: func(cmd *cobra.Command) {
@@ -63,22 +68,22 @@ func runDev(cmd *cobra.Command) error {
 	str := func(n string) string { v, _ := f.GetString(n); return v }
 	port := func(n string) int { v, _ := f.GetInt(n); return v }
 
+	// A members file is decoded strictly: a misspelled field is an error,
+	// not an authorization silently read with its zero value.
+	doc, err := registrysim.DecodeDocument(devMembers)
+	if p := str("members"); p != "" {
+		doc, err = registrysim.ReadDocument(p)
+	}
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+
 	sim, err := helseidsim.Start(helseidsim.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port("issuer-port"))})
 	if err != nil {
 		return fmt.Errorf("dev: HelseID simulator: %w", err)
 	}
 	defer sim.Close()
 
-	members := devMembers
-	if p := str("members"); p != "" {
-		if members, err = os.ReadFile(p); err != nil {
-			return fmt.Errorf("dev: %w", err)
-		}
-	}
-	var doc registrysim.Document
-	if err := json.Unmarshal(members, &doc); err != nil {
-		return fmt.Errorf("dev: members file: %w", err)
-	}
 	if os.Getenv("MEMBERSHIP_TOKEN") == "" {
 		_ = os.Setenv("MEMBERSHIP_TOKEN", "dev-token")
 	}
@@ -102,18 +107,20 @@ func runDev(cmd *cobra.Command) error {
 	defer upstream.Close()
 
 	site := fmt.Sprintf("http://localhost:%d", port("port"))
-	setDefault := func(k, v string) {
-		if os.Getenv(k) == "" {
-			_ = os.Setenv(k, v)
-		}
-	}
 	_ = os.Setenv("HELSEID_ISSUER", sim.Issuer())
 	_ = os.Setenv("MEMBERSHIP_REGISTRY", reg.URL())
 	_ = os.Setenv("KJ_UPSTREAM", upstreamAddr)
 	_ = os.Setenv("HELSEGATE_SITE", site)
 	_ = os.Setenv("HELSEGATE_PUBLIC_ORIGIN", site)
 	_ = os.Setenv("HELSEGATE_ADMIN", str("admin"))
-	setDefault("REDIS_URL", "none")
+	// Caddyfile.example listens on every interface unless told otherwise;
+	// the simulators hand out tokens to anyone, so dev stays on loopback.
+	_ = os.Setenv("HELSEGATE_BIND", "127.0.0.1")
+	// The URL is not printed: it may carry a password.
+	note := str("config") + " on 127.0.0.1, in-process store"
+	if v := os.Getenv("REDIS_URL"); v != "" && v != "none" {
+		note = str("config") + " on 127.0.0.1, Redis from REDIS_URL"
+	}
 
 	body, err := os.ReadFile(str("config"))
 	if err != nil {
@@ -131,7 +138,7 @@ func runDev(cmd *cobra.Command) error {
 	}
 	defer func() { _ = caddy.Stop() }()
 
-	printDevHelp(site, sim.Issuer(), reg.URL(), upstreamAddr, doc)
+	printDevHelp(site, note, sim.Issuer(), reg.URL(), upstreamAddr, doc)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
@@ -140,7 +147,7 @@ func runDev(cmd *cobra.Command) error {
 	return nil
 }
 
-func printDevHelp(site, issuer, registry, upstream string, doc registrysim.Document) {
+func printDevHelp(site, note, issuer, registry, upstream string, doc registrysim.Document) {
 	var lines []string
 	for _, a := range doc.Authorizations {
 		state := a.Status
@@ -152,7 +159,7 @@ func printDevHelp(site, issuer, registry, upstream string, doc registrysim.Docum
 	sort.Strings(lines)
 	fmt.Printf(`
 helsegate dev is running (test doubles on loopback; nothing here is real HelseID or Medlemstjenesten)
-  gateway              %[1]s/kjernejournal/  (Caddyfile.example, in-process store)
+  gateway              %[1]s/kjernejournal/  (%[6]s)
   HelseID simulator    %[2]s
   registry simulator   %[3]s
   upstream (echo)      http://%[4]s
@@ -166,7 +173,7 @@ Try, in another terminal:
   make demo                                                          # every scenario
   curl -X POST %[2]s/simulator/rotate                             # rotate HelseID's signing key
 Ctrl-C stops everything.
-`, site, issuer, registry, upstream, strings.Join(lines, "\n"))
+`, site, issuer, registry, upstream, strings.Join(lines, "\n"), note)
 }
 
 // echoUpstream stands in for Kjernejournal: it answers with what it received.

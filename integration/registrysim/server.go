@@ -34,14 +34,32 @@ func ReadDocument(path string) (Document, error) {
 	if err != nil {
 		return Document{}, fmt.Errorf("registrysim: members file: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
+	doc, err := decodeDocument(b)
+	if err != nil {
+		return Document{}, fmt.Errorf("registrysim: members file %s: %w", path, err)
+	}
+	return doc, nil
+}
+
+// DecodeDocument decodes a members file held in memory, as strictly as
+// ReadDocument: unknown fields and trailing data are refused.
+func DecodeDocument(data []byte) (Document, error) {
+	doc, err := decodeDocument(data)
+	if err != nil {
+		return Document{}, fmt.Errorf("registrysim: members document: %w", err)
+	}
+	return doc, nil
+}
+
+func decodeDocument(data []byte) (Document, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var doc Document
 	if err := dec.Decode(&doc); err != nil {
-		return Document{}, fmt.Errorf("registrysim: members file %s: %w", path, err)
+		return Document{}, err
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Document{}, fmt.Errorf("registrysim: members file %s: data after the top-level object", path)
+		return Document{}, errors.New("data after the top-level object")
 	}
 	return doc, nil
 }

@@ -149,6 +149,24 @@ func TestMembersFile(t *testing.T) {
 	}
 }
 
+func TestDecodeDocument(t *testing.T) {
+	doc, err := DecodeDocument([]byte(`{"authorizations":[{"organization":"917897468","service":"kjernejournal","member":true,"status":"active"}]}`))
+	if err != nil || len(doc.Authorizations) != 1 || doc.Authorizations[0].Organization != orgA {
+		t.Fatalf("good document: %+v, %v", doc, err)
+	}
+	for name, bad := range map[string]string{
+		"misspelled field":   `{"authorizations":[{"organization":"917897468","stauts":"active"}]}`,
+		"misspelled top":     `{"authorisations":[]}`,
+		"trailing data":      `{"authorizations":[]} {}`,
+		"not a JSON object":  `[]`,
+		"truncated document": `{"authorizations":[`,
+	} {
+		if _, err := DecodeDocument([]byte(bad)); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
 func TestFailures(t *testing.T) {
 	s := start(t, Options{Members: []authz.Authorization{
 		{Organization: orgA, Service: svc, Member: true, Status: "active"},
