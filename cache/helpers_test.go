@@ -101,16 +101,55 @@ func deadRedis(tb testing.TB) redis.UniversalClient {
 	return c
 }
 
-// argsHook records the arguments of every command a client sends.
+// argsHook records the arguments of every command a client sends, those of
+// pipelines included, and the pipelines themselves.
 type argsHook struct {
-	mu   sync.Mutex
-	args [][]any
+	mu    sync.Mutex
+	args  [][]any
+	pipes [][][]any
 }
 
 func (h *argsHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *argsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.mu.Lock()
+		var pipe [][]any
+		for _, cmd := range cmds {
+			h.args = append(h.args, cmd.Args())
+			pipe = append(pipe, cmd.Args())
+		}
+		h.pipes = append(h.pipes, pipe)
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+// lastNamed returns the arguments of the last command called name.
+func (h *argsHook) lastNamed(name string) []any {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := len(h.args) - 1; i >= 0; i-- {
+		if h.args[i][0] == name {
+			return h.args[i]
+		}
+	}
+	return nil
+}
+
+// lastPipeWith returns the commands of the last pipeline that sent a command
+// called name (go-redis's connection setup is a pipeline too).
+func (h *argsHook) lastPipeWith(name string) [][]any {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := len(h.pipes) - 1; i >= 0; i-- {
+		for _, args := range h.pipes[i] {
+			if args[0] == name {
+				return h.pipes[i]
+			}
+		}
+	}
+	return nil
 }
 
 func (h *argsHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {

@@ -20,10 +20,27 @@ import (
 // multi-slot DEL), so such an invalidation moves every replica to a new
 // generation instead, and the old entries expire by their own TTL.
 //
-//	<prefix>v1:membership:gen                     the generation (INCR)
+//	<prefix>v1:membership:gen                     the generation (INCR), PX MembershipGenerationTTL (30 days) or more
 //	<prefix>v1:membership:<gen>:<service>:<org>   {"record":…,"fetched_at":…}, PX max(TTL, StaleFor)
 //	<prefix>v1:membership:invalidate              the pub/sub channel
+//
+// Every key has a TTL. The generation's is set to MembershipGenerationTTL
+// with its INCR (one MULTI on one key) and refreshed by a PEXPIRE pipelined
+// with every entry written under it (a pipeline of single-key commands, not
+// a MULTI: valid on Redis Cluster whatever the slots), to the longer of
+// MembershipGenerationTTL and the entry's TTL. Entries are kept for minutes
+// to hours, far less than MembershipGenerationTTL, so the generation
+// outlives every entry of its generation and of those before it: it expires
+// only after no replica has written an entry for that long, and then reads
+// as generation 0 again, with no entry of any generation left to find. A
+// replica that wrote under a generation Redis no longer holds (its PEXPIRE
+// answers 0) deletes that entry and reads the generation again.
 const membershipSpace = "v1:membership:"
+
+// MembershipGenerationTTL is the least TTL of the membership generation key,
+// set when it is incremented and refreshed whenever an entry is written under
+// it.
+const MembershipGenerationTTL = 30 * 24 * time.Hour
 
 // memWire is the Redis value of one entry.
 type memWire struct {
@@ -129,7 +146,8 @@ func (r *memRedis) get(ctx context.Context, k memKey) (authz.Answer, bool, error
 }
 
 // set writes ans under k for keep (rounded up to whole milliseconds) with a
-// single SET … PX.
+// SET … PX, pipelined with a PEXPIRE that refreshes the generation's TTL
+// (generation 0 has no key to refresh: it was never incremented).
 func (r *memRedis) set(ctx context.Context, k memKey, ans authz.Answer, keep time.Duration) error {
 	gen, err := r.generation(ctx)
 	if err != nil {
@@ -139,16 +157,42 @@ func (r *memRedis) set(ctx context.Context, k memKey, ans authz.Answer, keep tim
 	if err != nil {
 		return err
 	}
+	key := membershipKey(r.prefix, gen, k)
 	ms := int64((keep + time.Millisecond - 1) / time.Millisecond)
 	return r.do(ctx, func(ctx context.Context) error {
+		// Two keys in two slots: a plain pipeline, not MULTI, which
+		// Redis Cluster refuses across slots.
+		pipe := r.client.Pipeline()
 		// Built by hand: client.Set sends EX, not PX, for whole seconds.
-		return r.client.Process(ctx, redis.NewStatusCmd(ctx, "set", membershipKey(r.prefix, gen, k), val, "px", ms))
+		_ = pipe.Process(ctx, redis.NewStatusCmd(ctx, "set", key, val, "px", ms))
+		var refresh *redis.BoolCmd
+		if gen > 0 {
+			refresh = pipe.PExpire(ctx, generationKey(r.prefix), generationTTL(keep))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		if refresh != nil && !refresh.Val() {
+			// The generation expired: once another replica increments it
+			// from 0 again, this entry could come back from under the
+			// invalidations in between.
+			r.forgetGen()
+			return r.client.Del(ctx, key).Err()
+		}
+		return nil
 	})
 }
 
+// generationKey returns the key of the generation under prefix.
+func generationKey(prefix string) string { return prefix + membershipSpace + "gen" }
+
+// generationTTL returns the TTL the generation is given alongside an entry
+// kept for keep: MembershipGenerationTTL, or keep if longer.
+func generationTTL(keep time.Duration) time.Duration { return max(MembershipGenerationTTL, keep) }
+
 // readGeneration reads the generation; 0 when it was never incremented.
 func readGeneration(ctx context.Context, client redis.UniversalClient, prefix string) (int64, error) {
-	gen, err := client.Get(ctx, prefix+membershipSpace+"gen").Int64()
+	gen, err := client.Get(ctx, generationKey(prefix)).Int64()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
 	}
@@ -157,10 +201,20 @@ func readGeneration(ctx context.Context, client redis.UniversalClient, prefix st
 
 // forgetShared makes Redis forget what the invalidation of (service, org)
 // names: DEL of the pair's key in the current generation, or for a wildcard
-// ("" for either) INCR of the generation, whose new value it returns.
+// ("" for either) INCR of the generation with its TTL renewed in the same
+// MULTI (one key, so one slot), returning the new value.
 func forgetShared(ctx context.Context, client redis.UniversalClient, prefix, service, org string) (int64, error) {
 	if service == "" || org == "" {
-		return client.Incr(ctx, prefix+membershipSpace+"gen").Result()
+		var incr *redis.IntCmd
+		_, err := client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			incr = pipe.Incr(ctx, generationKey(prefix))
+			pipe.PExpire(ctx, generationKey(prefix), MembershipGenerationTTL)
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		return incr.Val(), nil
 	}
 	gen, err := readGeneration(ctx, client, prefix)
 	if err != nil {

@@ -114,7 +114,7 @@ func TestMembershipRedisKey(t *testing.T) {
 		{"a:b c", prefix + "v1:membership:0:a%3Ab%20c:" + testOrg},
 	} {
 		lookup(t, r.c, tc.service, testOrg)
-		args := hook.last()
+		args := hook.lastNamed("set")
 		if len(args) != 5 || args[0] != "set" || args[1] != tc.key || args[3] != "px" || args[4] != int64(90*60*1000) {
 			t.Fatalf("last command %q", args)
 		}
@@ -234,4 +234,105 @@ func TestMembershipSingleflightRedis(t *testing.T) {
 	if gets != 1 {
 		t.Fatalf("%d GETs of the entry, want 1", gets)
 	}
+}
+
+// SPEC §7: every key with a TTL. The generation gets one when it is
+// incremented, and every entry written under it renews it, in the entry's
+// pipeline, with single-key commands only (Redis Cluster).
+func TestMembershipRedisGenerationTTL(t *testing.T) {
+	ctx := context.Background()
+	client := testRedis(t)
+	hook := &argsHook{}
+	client.AddHook(hook)
+	prefix := testPrefix(t, client)
+	genKey := prefix + "v1:membership:gen"
+	clock := newFakeClock()
+	r := newReplica(t, prefix, clock, MembershipCacheOptions{Redis: client})
+	const day = 24 * time.Hour
+	pttl := func(key string) time.Duration {
+		t.Helper()
+		d, err := client.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	entryKey := func(gen int, org string) string {
+		return fmt.Sprintf("%sv1:membership:%d:%s:%s", prefix, gen, testService, org)
+	}
+	orgs := validOrgs(4)
+
+	// Generation 0 was never incremented: there is no key to refresh.
+	lookup(t, r.c, testService, orgs[0])
+	if d := pttl(genKey); d != -2 {
+		t.Fatalf("generation 0: PTTL of the generation key %s, want no key (-2)", d)
+	}
+	if pipe := hook.lastPipeWith("set"); len(pipe) != 1 || pipe[0][0] != "set" {
+		t.Fatalf("the write under generation 0 sent %q, want the SET alone", pipe)
+	}
+
+	// A wildcard invalidation increments it, with its TTL.
+	r.c.Invalidate(ctx, testService, "")
+	if d := pttl(genKey); d <= MembershipGenerationTTL-time.Minute || d > MembershipGenerationTTL {
+		t.Fatalf("after INCR: PTTL %s, want about %s", d, MembershipGenerationTTL)
+	}
+
+	// An entry written under it renews the TTL, in the same pipeline.
+	if err := client.PExpire(ctx, genKey, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lookup(t, r.c, testService, orgs[1])
+	if d := pttl(genKey); d <= MembershipGenerationTTL-time.Minute || d > MembershipGenerationTTL {
+		t.Fatalf("after an entry was written: PTTL %s, want about %s", d, MembershipGenerationTTL)
+	}
+	pipe := hook.lastPipeWith("set")
+	if len(pipe) != 2 || pipe[0][0] != "set" || pipe[0][1] != entryKey(1, orgs[1]) ||
+		pipe[1][0] != "pexpire" || pipe[1][1] != genKey || pipe[1][2] != int64(MembershipGenerationTTL/time.Millisecond) {
+		t.Fatalf("the write sent %q, want SET of the entry and PEXPIRE of the generation", pipe)
+	}
+	for _, args := range pipe {
+		if args[0] == "multi" || args[0] == "exec" {
+			t.Fatalf("the entry and the generation are in different slots: no MULTI, got %q", pipe)
+		}
+	}
+	if d := pttl(entryKey(1, orgs[1])); d <= 0 {
+		t.Fatalf("entry PTTL %s", d)
+	}
+
+	// The generation expired (no replica wrote for a month): the entry just
+	// written under it is deleted, and the generation read again.
+	if err := client.Del(ctx, genKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lookup(t, r.c, testService, orgs[2])
+	if n := client.Exists(ctx, entryKey(1, orgs[2])).Val(); n != 0 {
+		t.Fatal("an entry written under an expired generation was kept")
+	}
+	if d := pttl(genKey); d != -2 {
+		t.Fatalf("the PEXPIRE of a missing generation created it: PTTL %s", d)
+	}
+	lookup(t, r.c, testService, orgs[3])
+	if n := client.Exists(ctx, entryKey(0, orgs[3])).Val(); n != 1 {
+		t.Fatal("after its generation expired the replica did not go back to generation 0")
+	}
+
+	// An entry kept longer than MembershipGenerationTTL keeps the generation
+	// at least as long.
+	if got := generationTTL(40 * day); got != 40*day {
+		t.Fatalf("generationTTL(40d) = %s", got)
+	}
+	if got := generationTTL(time.Hour); got != MembershipGenerationTTL {
+		t.Fatalf("generationTTL(1h) = %s", got)
+	}
+}
+
+// validOrgs returns n distinct valid organization numbers.
+func validOrgs(n int) []string {
+	out := make([]string, 0, n)
+	for i := 800000000; len(out) < n; i++ {
+		if s := fmt.Sprintf("%09d", i); authz.ValidOrgNumber(s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
