@@ -125,8 +125,10 @@ type MembershipCheck struct {
 // Check authorizes p for the service, or returns the denial: NotMember (403)
 // for a missing, invalid or unauthorized organization, Unavailable (503) when
 // nothing is known and the registry is down or refuses us. The denial's
-// Caller is p. With a recording span in ctx, the check is a
-// helseid.membership child span.
+// Caller is p. Once a lookup answers, Check records on p how old the answer
+// was and whether it was stale (MembershipAnswered, MembershipAge,
+// MembershipStale), for the audit entry. With a recording span in ctx, the
+// check is a helseid.membership child span.
 func (m *MembershipCheck) Check(ctx context.Context, p *Principal) *Error {
 	ctx, span := startSpan(ctx, SpanMembership)
 	tier, stale, derr := m.check(ctx, p)
@@ -184,7 +186,13 @@ func (m *MembershipCheck) check(ctx context.Context, p *Principal) (tier string,
 			tier = ans.Source
 		}
 		stale = stale || ans.Stale
-		if ok, reason := ans.Decide(m.Clock.Now()); !ok {
+		now := m.Clock.Now()
+		// An answer stamped ahead of our clock (another replica's) is new.
+		age := max(now.Sub(ans.FetchedAt), 0)
+		p.MembershipAge = max(p.MembershipAge, age)
+		p.MembershipStale = p.MembershipStale || ans.Stale
+		p.MembershipAnswered = true
+		if ok, reason := ans.Decide(now); !ok {
 			return tier, stale, deny(NotMember, reason, "the organization is not authorized for this service")
 		}
 	}

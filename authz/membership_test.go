@@ -133,3 +133,59 @@ func TestMembershipCheck(t *testing.T) {
 	}
 	_ = errors.New
 }
+
+// answersMembership answers every org from a fixed Answer per org.
+type answersMembership map[string]Answer
+
+func (m answersMembership) Lookup(_ context.Context, _, org string) (Answer, error) {
+	if a, ok := m[org]; ok {
+		return a, nil
+	}
+	return Answer{}, ErrRegistryUnavailable
+}
+
+// Check carries the age and staleness of the answers it decided on out on
+// the principal, for the audit entry.
+func TestMembershipCheckAge(t *testing.T) {
+	const parent, child, other = "917897468", "922734046", "994598759"
+	rec := func(org string) *Authorization {
+		return &Authorization{Organization: org, Service: "kjernejournal", Member: true, Status: "active"}
+	}
+	src := answersMembership{
+		parent: {Record: rec(parent), FetchedAt: testNow.Add(-90 * time.Second), Source: "local"},
+		child:  {Record: rec(child), FetchedAt: testNow.Add(-20 * time.Minute), Source: "local", Stale: true},
+		other:  {FetchedAt: testNow.Add(time.Second), Source: "redis"}, // another replica's clock is ahead
+	}
+	for _, tc := range []struct {
+		name     string
+		rule     OrgRule
+		p        Principal
+		allowed  bool
+		answered bool
+		age      time.Duration
+		stale    bool
+	}{
+		{"fresh answer", OrgParent, Principal{OrgParent: parent}, true, true, 90 * time.Second, false},
+		{"stale answer", OrgChild, Principal{OrgChild: child}, true, true, 20 * time.Minute, true},
+		{"both: the older, stale when either is", OrgBoth, Principal{OrgParent: parent, OrgChild: child}, true, true, 20 * time.Minute, true},
+		{"a denial from an answer", OrgParent, Principal{OrgParent: other}, false, true, 0, false},
+		{"no lookup", OrgParent, Principal{OrgParent: "917897469"}, false, false, 0, false},
+		{"no answer", OrgParent, Principal{OrgParent: "974760002"}, false, false, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &MembershipCheck{Service: "kjernejournal", Rule: tc.rule, Source: src, Clock: ClockFunc(func() time.Time { return testNow })}
+			p := tc.p
+			derr := m.Check(context.Background(), &p)
+			if (derr == nil) != tc.allowed {
+				t.Fatalf("allowed %v (%v), want %v", derr == nil, derr, tc.allowed)
+			}
+			if derr != nil && derr.Caller != &p {
+				t.Fatal("the denial's caller is not the principal")
+			}
+			if p.MembershipAnswered != tc.answered || p.MembershipAge != tc.age || p.MembershipStale != tc.stale {
+				t.Fatalf("answered %v age %s stale %v, want %v %s %v",
+					p.MembershipAnswered, p.MembershipAge, p.MembershipStale, tc.answered, tc.age, tc.stale)
+			}
+		})
+	}
+}

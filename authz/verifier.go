@@ -41,6 +41,14 @@ type Principal struct {
 	// NonceRefresh is set when server nonces are on and the proof's nonce is
 	// past half its life: the caller sends this new one in DPoP-Nonce.
 	NonceRefresh string
+	// The membership answer the decision rests on, set by
+	// MembershipCheck.Check once a lookup answered (MembershipAnswered; with
+	// org both, the older answer, stale when either was): how old it was at
+	// the decision, and whether it was a last-known answer served past its
+	// TTL because the registry was failing (within stale_for).
+	MembershipAnswered bool
+	MembershipStale    bool
+	MembershipAge      time.Duration
 }
 
 // Verifier checks requests against one route's Config. It is safe for

@@ -153,7 +153,8 @@ func (pp principalPlaceholders) get(key string) (any, bool) {
 // denial (0: none, for an allow, whose status is the upstream's), service,
 // method, path without query, trace id, and who the caller is when the
 // access token verified: client_id, org numbers, token kind, security level,
-// HPR number, DPoP thumbprint and token jti. Never the token, the proof or the
+// HPR number, DPoP thumbprint and token jti, with the membership answer's
+// age and staleness once a lookup answered. Never the token, the proof or the
 // pid: authz.Principal does not hold them. The HPR number appears here and
 // nowhere else in the logs. A caller whose token did not verify is not
 // described: unverified claims are not evidence.
@@ -200,6 +201,12 @@ func (c callerFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("hpr_number", p.HPRNumber)
 	enc.AddString("jkt", p.JKT)
 	enc.AddString("token_jti", p.TokenID)
+	if p.MembershipAnswered { // the answer decided on: whole seconds; stale only when true
+		enc.AddInt64("membership_age_s", int64(p.MembershipAge.Seconds()))
+		if p.MembershipStale {
+			enc.AddBool("membership_stale", true)
+		}
+	}
 	return nil
 }
 
