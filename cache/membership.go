@@ -65,10 +65,11 @@ type MembershipCacheOptions struct {
 	// KeyPrefix is put before every Redis key and the invalidation
 	// channel: pass RedisConfig.Prefix(). Default "helsegate:".
 	KeyPrefix string
-	// FetchTimeout bounds one shared registry call. That call outlives the
-	// request that started it (other requests wait on it), so it does not
-	// end with that request; the registry source should have its own,
-	// shorter timeout. Default 10s.
+	// FetchTimeout bounds one shared fill: the Redis reads, the registry
+	// call and the Redis write. A fill outlives the request that started it
+	// (other requests wait on it), so it does not end with that request.
+	// The registry source must have its own, shorter timeout: set this to
+	// MembershipFetchTimeout of it. Default 10s.
 	FetchTimeout time.Duration
 	// Clock tells the time. Default authz.SystemClock.
 	Clock authz.Clock
@@ -84,6 +85,22 @@ type MembershipCacheOptions struct {
 	OnInvalidation func(event string)
 	// Logger receives the subscriber's warnings. Default: no logging.
 	Logger *zap.Logger
+}
+
+// MembershipFetchTimeout returns the FetchTimeout for a registry source whose
+// calls time out after registryTimeout, behind a Redis tier whose calls are
+// bounded by redisTimeout (<= 0: DefaultMembershipRedisTimeout). A fill reads
+// the generation and the entry before it asks the registry and may read the
+// generation again and write the entry after it; the margin covers those four
+// Redis calls and a second more. The registry's own timeout then always
+// expires inside the fill, and counts against the registry's breaker: a fill
+// deadline that expires first reads, to the breaker, as a caller that went
+// away, which it does not count, so a registry that hangs would never open it.
+func MembershipFetchTimeout(registryTimeout, redisTimeout time.Duration) time.Duration {
+	if redisTimeout <= 0 {
+		redisTimeout = DefaultMembershipRedisTimeout
+	}
+	return max(registryTimeout, 0) + 4*redisTimeout + time.Second
 }
 
 // CachedMembership is an authz.Membership that caches the answers of another
@@ -344,6 +361,10 @@ func (c *CachedMembership) report(tier, result string) {
 		c.onResult(tier, result)
 	}
 }
+
+// FetchTimeout returns the bound of one shared fill (see
+// MembershipCacheOptions.FetchTimeout).
+func (c *CachedMembership) FetchTimeout() time.Duration { return c.fetchMax }
 
 // Len returns the number of entries of the in-process tier, expired ones
 // not yet swept included.

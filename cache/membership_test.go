@@ -505,3 +505,84 @@ func TestKeyPart(t *testing.T) {
 		}
 	}
 }
+
+func TestMembershipFetchTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		registry, rt, want time.Duration
+	}{
+		{"default registry timeout", 2 * time.Second, 0, 2*time.Second + 4*DefaultMembershipRedisTimeout + time.Second},
+		{"at the old fixed bound", 10 * time.Second, 0, 10*time.Second + 4*DefaultMembershipRedisTimeout + time.Second},
+		{"long registry timeout", 30 * time.Second, 0, 30*time.Second + 4*DefaultMembershipRedisTimeout + time.Second},
+		{"own redis timeout", 2 * time.Second, 250 * time.Millisecond, 2*time.Second + time.Second + time.Second},
+		{"no registry timeout", 0, 0, 4*DefaultMembershipRedisTimeout + time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := MembershipFetchTimeout(tc.registry, tc.rt)
+			if got != tc.want {
+				t.Fatalf("MembershipFetchTimeout(%s, %s) = %s, want %s", tc.registry, tc.rt, got, tc.want)
+			}
+			// The registry call, with the Redis reads before it and the
+			// write after it, fits inside the fill.
+			rt := tc.rt
+			if rt <= 0 {
+				rt = DefaultMembershipRedisTimeout
+			}
+			if got <= tc.registry+4*rt {
+				t.Fatalf("%s leaves no room for a registry call of %s and four Redis calls of %s", got, tc.registry, rt)
+			}
+		})
+	}
+	if got := NewCachedMembership(newFakeRegistry(newFakeClock()), MembershipCacheOptions{FetchTimeout: time.Minute}).FetchTimeout(); got != time.Minute {
+		t.Fatalf("FetchTimeout() = %s, want the option's 1m", got)
+	}
+}
+
+// hangingRegistry is a registry source the way registry.HTTP is one: every
+// call goes through its breaker with its own timeout, and the registry never
+// answers.
+type hangingRegistry struct {
+	breaker *Breaker
+	timeout time.Duration
+}
+
+func (h hangingRegistry) Lookup(ctx context.Context, _, _ string) (authz.Answer, error) {
+	err := h.breaker.Do(ctx, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, h.timeout)
+		defer cancel()
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	return authz.Answer{}, fmt.Errorf("%w: %w", authz.ErrRegistryUnavailable, err)
+}
+
+// A registry that hangs opens its breaker when the fill's bound comes from
+// MembershipFetchTimeout; with a fill bound below the registry's timeout (as
+// the fixed 10s default was below a timeout of 10s or more) every call ends
+// as "caller gone" and the breaker never opens.
+func TestMembershipHangingRegistryOpensBreaker(t *testing.T) {
+	const registryTimeout = 30 * time.Millisecond
+	for _, tc := range []struct {
+		name      string
+		fetch     time.Duration
+		wantState string
+	}{
+		{"fill bound from the registry timeout", MembershipFetchTimeout(registryTimeout, 0), "open"},
+		{"fill bound below the registry timeout", registryTimeout / 2, "closed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			br := NewBreaker("registry", WithHalfOpenAfter(time.Hour))
+			c := NewCachedMembership(hangingRegistry{breaker: br, timeout: registryTimeout},
+				MembershipCacheOptions{FetchTimeout: tc.fetch})
+			for i := range BreakerFailures {
+				_, err := c.Lookup(context.Background(), testService, fmt.Sprintf("org-%d", i))
+				if !errors.Is(err, authz.ErrRegistryUnavailable) {
+					t.Fatalf("lookup %d: %v", i, err)
+				}
+			}
+			if got := br.State(); got != tc.wantState {
+				t.Fatalf("after %d timed-out calls the breaker is %s, want %s", BreakerFailures, got, tc.wantState)
+			}
+		})
+	}
+}

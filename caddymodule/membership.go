@@ -27,7 +27,9 @@ type MembershipConfig struct {
 	// Base URL of the registry (HTTP contract v1). https unless loopback.
 	// Exactly one of registry and file.
 	Registry string `json:"registry,omitempty"`
-	// Path of a JSON registry file, reloaded when it changes.
+	// Path of a JSON registry file, reloaded when it changes. A reload
+	// evicts the cached answers at once, and they are never put in Redis:
+	// each replica answers from its own file.
 	File string `json:"file,omitempty"`
 	// Sent to the registry as Authorization: Bearer.
 	RegistryToken string `json:"registry_token,omitempty"`
@@ -121,7 +123,7 @@ func (h *Handler) unmarshalMembership(d *caddyfile.Dispenser) error {
 // invalidation) stop when the last user lets go.
 type pooledMembership struct {
 	cached  *cache.CachedMembership
-	redis   *pooledRedis // nil without redis
+	redis   *pooledRedis // the shared tier: nil without redis, and for a file source
 	prefix  string
 	cancel  context.CancelFunc
 	service string
@@ -179,16 +181,26 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		var src authz.Membership
 		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		pm := &pooledMembership{cancel: cancel, redis: rc, service: m.Service}
+		pm := &pooledMembership{cancel: cancel, service: m.Service}
+		fetchTimeout := time.Duration(0) // the file source never waits: the default
 		if m.File != "" {
-			f, err := registry.NewFile(m.File, authz.SystemClock, logger)
+			// A file is per-replica configuration, already in memory: no
+			// Redis tier in front of it, and a reload evicts the in-process
+			// tier so that a change is seen at once, not after cache_ttl.
+			f, err := registry.NewFile(m.File, authz.SystemClock, logger,
+				registry.WithOnReload(func() { pm.cached.Invalidate(mctx, "", "") }))
 			if err != nil {
 				cancel()
 				return nil, fmt.Errorf("helseid: membership file: %w", err)
 			}
-			f.Start(mctx)
 			src, pm.file = f, f
 		} else {
+			timeout := time.Duration(m.Timeout)
+			if timeout <= 0 {
+				timeout = registry.DefaultTimeout
+			}
+			fetchTimeout = cache.MembershipFetchTimeout(timeout, 0)
+			pm.redis = rc
 			hs, err := registry.NewHTTP(registry.HTTPConfig{
 				BaseURL: m.Registry,
 				Token:   m.RegistryToken,
@@ -209,20 +221,24 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 			PositiveTTL:    time.Duration(m.CacheTTL),
 			NegativeTTL:    time.Duration(m.NegativeTTL),
 			StaleFor:       time.Duration(m.StaleFor),
+			FetchTimeout:   fetchTimeout,
 			Clock:          authz.SystemClock,
 			Logger:         logger,
 			OnResult:       metrics.membershipResult,
 			OnInvalidation: func(event string) { metrics.invalidations.WithLabelValues(event).Inc() },
 		}
-		if rc != nil {
-			opts.Redis = rc.client
-			opts.RedisBreaker = rc.breaker
+		if pm.redis != nil {
+			opts.Redis = pm.redis.client
+			opts.RedisBreaker = pm.redis.breaker
 			opts.KeyPrefix = h.Redis.Prefix()
 			pm.prefix = opts.KeyPrefix
 		}
 		pm.cached = cache.NewCachedMembership(src, opts)
-		if rc != nil {
+		if pm.redis != nil {
 			pm.cached.Subscribe(mctx)
+		}
+		if pm.file != nil {
+			pm.file.Start(mctx) // after pm.cached is set: its reloads evict it
 		}
 		memberships.add(pm)
 		return pm, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +32,7 @@ import (
 
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/cache"
+	"github.com/helsegate/helsegate/cache/registry"
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
 
@@ -627,4 +630,185 @@ func deadAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// The audit entry says how old the membership answer decided on was, and
+// whether it was stale; only once a lookup answered, and without an
+// allocation more.
+func TestAuditMembershipAge(t *testing.T) {
+	ac, audit := observer.New(zapcore.DebugLevel)
+	h := &Handler{audit: zap.New(ac).Named(testAuditName), logger: zap.NewNop(), depLog: &logEvery{interval: time.Hour},
+		membership: &authz.MembershipCheck{Service: testService}}
+	r := httptest.NewRequest("GET", "http://example.com/fhir/Patient", nil)
+	base := authz.Principal{ClientID: "client-1", OrgParent: testOrg}
+	for _, tc := range []struct {
+		name      string
+		answered  bool
+		age       time.Duration
+		stale     bool
+		wantAge   any // nil: absent
+		wantStale any
+	}{
+		{"fresh", true, 90*time.Second + 700*time.Millisecond, false, int64(90), nil},
+		{"stale", true, 20 * time.Minute, true, int64(1200), true},
+		{"just fetched", true, 0, false, int64(0), nil},
+		{"no lookup answered", false, 0, false, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := base
+			p.MembershipAnswered, p.MembershipAge, p.MembershipStale = tc.answered, tc.age, tc.stale
+			h.auditAllow(context.Background(), r, &p)
+			entries := audit.TakeAll()
+			if len(entries) != 1 {
+				t.Fatalf("want one entry, got %d", len(entries))
+			}
+			m := entries[0].ContextMap()
+			if m["membership_age_s"] != tc.wantAge || m["membership_stale"] != tc.wantStale {
+				t.Fatalf("membership_age_s %#v membership_stale %#v, want %#v %#v",
+					m["membership_age_s"], m["membership_stale"], tc.wantAge, tc.wantStale)
+			}
+		})
+	}
+
+	// As production writes it (JSON), the fields cost no allocation.
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	h.audit = zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zap.InfoLevel)).Named(testAuditName)
+	plain, stale := base, base
+	stale.MembershipAnswered, stale.MembershipAge, stale.MembershipStale = true, time.Hour, true
+	without := testing.AllocsPerRun(200, func() { h.auditAllow(context.Background(), r, &plain) })
+	with := testing.AllocsPerRun(200, func() { h.auditAllow(context.Background(), r, &stale) })
+	if with > without {
+		t.Errorf("the membership fields cost %v allocations per entry", with-without)
+	}
+}
+
+// An allow served from a last-known answer while the registry fails is told
+// apart from a fresh one in the audit entry.
+func TestAuditStaleMembershipServeHTTP(t *testing.T) {
+	var down atomic.Bool
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"organization":%q,"service":%q,"member":true,"status":"active","valid_to":null}`, testOrg, testService)
+	}))
+	defer reg.Close()
+	f := newHandlerFixture(t, func(h *Handler) {
+		h.Membership = &MembershipConfig{Service: testService, Registry: reg.URL,
+			CacheTTL: caddy.Duration(time.Millisecond), NegativeTTL: caddy.Duration(time.Millisecond)}
+	})
+	audit, _ := observe(f.h)
+	const url = "http://example.com/fhir/Patient"
+	serve := func() map[string]any {
+		t.Helper()
+		next := &recordingNext{}
+		if err := f.h.ServeHTTP(httptest.NewRecorder(), f.request(t, "GET", url, userToken(t, f, nil), url), next); err != nil || !next.called {
+			t.Fatalf("not allowed: %v", err)
+		}
+		entries := audit.TakeAll()
+		if len(entries) != 1 {
+			t.Fatalf("want one audit entry, got %d", len(entries))
+		}
+		return entries[0].ContextMap()
+	}
+
+	m := serve()
+	if m["membership_age_s"] != int64(0) || m["membership_stale"] != nil {
+		t.Fatalf("fresh from the registry: membership_age_s %#v membership_stale %#v", m["membership_age_s"], m["membership_stale"])
+	}
+	down.Store(true)
+	time.Sleep(5 * time.Millisecond) // past cache_ttl
+	m = serve()
+	if m["membership_stale"] != true || m["membership_age_s"] == nil {
+		t.Fatalf("served stale while the registry is down: membership_age_s %#v membership_stale %#v", m["membership_age_s"], m["membership_stale"])
+	}
+}
+
+// The cache's fill is bounded by the registry timeout plus room for the Redis
+// tier, so a registry at or past the old fixed 10 s bound still opens its
+// breaker.
+func TestMembershipFetchTimeoutFromRegistryTimeout(t *testing.T) {
+	for _, timeout := range []time.Duration{0, 10 * time.Second, 15 * time.Second} {
+		t.Run(timeout.String(), func(t *testing.T) {
+			f := newHandlerFixture(t, func(h *Handler) {
+				h.Membership = &MembershipConfig{Service: testService, Registry: "http://" + deadAddr(t), Timeout: caddy.Duration(timeout)}
+			})
+			registryTimeout := timeout
+			if registryTimeout == 0 {
+				registryTimeout = registry.DefaultTimeout
+			}
+			got := f.h.membership.Source.(*cache.CachedMembership).FetchTimeout()
+			if want := cache.MembershipFetchTimeout(registryTimeout, 0); got != want || got <= registryTimeout {
+				t.Fatalf("fill bound %s for a registry timeout of %s, want %s", got, registryTimeout, want)
+			}
+		})
+	}
+}
+
+// A file source has no Redis tier in front of it (a file is per-replica
+// configuration), and a successful reload evicts the in-process tier: a
+// member removed from the file is refused right after the reload.
+func TestMembershipFileReloadEvicts(t *testing.T) {
+	path := membershipFile(t)
+	f := newHandlerFixture(t, func(h *Handler) {
+		h.Membership = &MembershipConfig{Service: testService, File: path}
+		// A Redis nothing answers on: were the Redis tier in front of the
+		// file, every miss would count a Redis error.
+		h.Redis = &cache.RedisConfig{URL: "redis://" + deadAddr(t), KeyPrefix: "helsegate-test-file:"}
+	})
+	audit, _ := observe(f.h)
+	m := getMetrics()
+	redisTier := func() float64 {
+		n := 0.0
+		for _, res := range []string{cache.ResultHit, cache.ResultMiss, cache.ResultError} {
+			n += testutil.ToFloat64(m.membership.WithLabelValues(cache.TierRedis, res))
+		}
+		return n
+	}
+	before := redisTier()
+	const url = "http://example.com/fhir/Patient"
+	serve := func() string {
+		t.Helper()
+		if err := f.h.ServeHTTP(httptest.NewRecorder(), f.request(t, "GET", url, userToken(t, f, nil), url), &recordingNext{}); err != nil {
+			t.Fatal(err)
+		}
+		entries := audit.TakeAll()
+		if len(entries) != 1 {
+			t.Fatalf("want one audit entry, got %d", len(entries))
+		}
+		return entries[0].ContextMap()["reason"].(string)
+	}
+	for range 2 { // the second from the in-process tier
+		if reason := serve(); reason != authz.ReasonMember {
+			t.Fatalf("a member in the file: %s", reason)
+		}
+	}
+	if n := redisTier() - before; n != 0 {
+		t.Errorf("the file source's lookups consulted the Redis tier %v times", n)
+	}
+
+	doc := fmt.Sprintf(`{"authorizations":[{"organization":%q,"service":%q,"member":true,"status":"active","valid_to":null}]}`, testOtherOrg, testService)
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var file *registry.File
+	for _, pm := range memberships.list() {
+		if pm.file != nil && pm.file.Path() == path {
+			file = pm.file
+		}
+	}
+	if file == nil {
+		t.Fatal("the route's membership file is not listed")
+	}
+	if err := file.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if reason := serve(); reason != authz.ReasonNotMember {
+		t.Fatalf("the member removed from the file, right after the reload: %s, want %s", reason, authz.ReasonNotMember)
+	}
+	if n := redisTier() - before; n != 0 {
+		t.Errorf("the file source's lookups consulted the Redis tier %v times", n)
+	}
 }

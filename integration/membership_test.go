@@ -449,9 +449,23 @@ func TestMembershipRegistryDown(t *testing.T) {
 	c := newCaller(t, sharedSim)
 	urlA, urlB := a.url(0, "/api/m"), b.url(0, "/api/m")
 
+	// expectStale checks the audit entry's account of the answer decided on.
+	expectStale := func(t *testing.T, g *gateway, stale bool) {
+		t.Helper()
+		e := g.lastAudit()
+		if e == nil {
+			t.Fatal("no audit entry")
+		}
+		if _, ok := e["membership_age_s"].(float64); !ok || (e["membership_stale"] == true) != stale ||
+			(!stale && e["membership_stale"] != nil) {
+			t.Errorf("audit membership_age_s %v membership_stale %v; want an age, stale %v", e["membership_age_s"], e["membership_stale"], stale)
+		}
+	}
+
 	warmed := time.Now()
 	r, _ := c.asOrg(t, urlA, member)
 	expectMemberOK(t, up, r)
+	expectStale(t, a, false)
 	r, tok := c.asOrg(t, urlA, nonMember)
 	expectNotMember(t, a, r, tok, nonMember, "not_member")
 	time.Sleep(1100 * time.Millisecond) // past cache_ttl and negative_ttl: the next lookups ask the registry
@@ -486,6 +500,7 @@ func TestMembershipRegistryDown(t *testing.T) {
 			r, _ = c.asOrg(t, urlA, member)
 			expectMemberOK(t, up, r)
 			a.expectReason(t, "allow", "member")
+			expectStale(t, a, true)
 		})
 	}
 
@@ -495,8 +510,10 @@ func TestMembershipRegistryDown(t *testing.T) {
 		up.reset()
 		r, _ := c.asOrg(t, urlB, member)
 		expectMemberOK(t, up, r)
+		expectStale(t, b, true)
 		r, tok := c.asOrg(t, urlB, nonMember)
 		expectNotMember(t, b, r, tok, nonMember, "not_member")
+		expectStale(t, b, true)
 		unknown := newOrg(t)
 		r, tok = c.asOrg(t, urlB, unknown)
 		expectUnavailable(t, b, r, tok, unknown, "registry_unavailable")
@@ -751,9 +768,13 @@ func TestMembershipSharedAndInvalidation(t *testing.T) {
 }
 
 // SPEC §5: the file source is reloaded when the file changes, and a bad file
-// keeps the last good one.
+// keeps the last good one. With the default cache_ttl a change shows at the
+// next poll: a reload evicts the in-process tier, and a file source has no
+// Redis tier in front of it (a file is per-replica configuration), even with
+// redis configured.
 func TestMembershipFile(t *testing.T) {
-	x, y := newOrg(t), newOrg(t)
+	rc, prefix := needRedis(t)
+	x, y, z := newOrg(t), newOrg(t), newOrg(t)
 	path := filepath.Join(t.TempDir(), "members.json")
 	writeMembers := func(body string) {
 		t.Helper()
@@ -787,7 +808,8 @@ func TestMembershipFile(t *testing.T) {
 	writeMembers(doc(x, y))
 	up := newUpstream(t)
 	g := startGateway(t, 1, simpleSite(sharedSim.Issuer(), up.URL(),
-		membershipBlock("file "+path, "cache_ttl 1s", "negative_ttl 1s")))
+		membershipBlock("file "+path), // default cache_ttl 5m, negative_ttl 1m
+		redisBlock(redisAddr(), prefix)))
 	c := newCaller(t, sharedSim)
 	url := g.url(0, "/api/f")
 
@@ -797,9 +819,16 @@ func TestMembershipFile(t *testing.T) {
 	}
 	r, tok := c.asOrg(t, url, newOrg(t))
 	expectNotMember(t, g, r, tok, "", "not_member")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if keys, err := redisKeys(ctx, rc, prefix+"v1:membership:*"); err != nil || len(keys) != 0 {
+		t.Errorf("the file source's answers reached Redis: %q (%v)", keys, err)
+	}
 
 	t.Run("member removed", func(t *testing.T) {
-		writeMembers(doc(x))
+		// y is cached in-process, fresh for cache_ttl: only the reload's
+		// eviction can make the change show.
+		writeMembers(doc(x, z))
 		r, took := pollStatus(t, c, url, y, http.StatusForbidden, 5*time.Second)
 		if r.status != http.StatusForbidden {
 			t.Fatalf("the removed member still gets %d %s 5 s after the file changed", r.status, r.body)
@@ -819,8 +848,11 @@ func TestMembershipFile(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		time.Sleep(1100 * time.Millisecond) // past cache_ttl
-		r, _ := c.asOrg(t, url, x)
+		// z was never asked about: the answer comes from the last good set,
+		// not from a cache.
+		r, _ := c.asOrg(t, url, z)
+		expectMemberOK(t, up, r)
+		r, _ = c.asOrg(t, url, x)
 		expectMemberOK(t, up, r)
 		r, tok := c.asOrg(t, url, y)
 		expectNotMember(t, g, r, tok, y, "not_member")

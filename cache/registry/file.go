@@ -33,6 +33,15 @@ func WithPollInterval(d time.Duration) FileOption {
 	}
 }
 
+// WithOnReload sets fn to be called after every successful reload (Reload,
+// or Start's poller seeing a change), once the new set is in use; not after
+// the first load, in NewFile. A cache in front of the File passes its
+// eviction here, so that a change of the file is seen at once, not after the
+// cache's TTL. fn runs on the goroutine that reloaded, with no lock held.
+func WithOnReload(fn func()) FileOption {
+	return func(f *File) { f.onReload = fn }
+}
+
 // File is the file source of SPEC §5: the authorizations of a JSON document
 // {"authorizations":[...]}, held in memory. Lookup is a map lookup; an
 // (service, org) absent from the file is a definite no. Start polls the file
@@ -43,6 +52,7 @@ type File struct {
 	clock    authz.Clock
 	log      *zap.Logger
 	interval time.Duration
+	onReload func() // nil: none
 
 	set atomic.Pointer[fileSet]
 
@@ -87,7 +97,10 @@ func NewFile(path string, clock authz.Clock, logger *zap.Logger, opts ...FileOpt
 	for _, o := range opts {
 		o(f)
 	}
-	if err := f.Reload(); err != nil {
+	f.mu.Lock()
+	_, err := f.load()
+	f.mu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -130,12 +143,23 @@ func (f *File) Path() string { return f.path }
 func (f *File) Len() int { return len(f.set.Load().recs) }
 
 // Reload reads the file now. On error the last good set stays in use and the
-// error says why (it never quotes the file).
+// error says why (it never quotes the file); on success the WithOnReload
+// function is called.
 func (f *File) Reload() error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	_, err := f.load()
+	f.mu.Unlock()
+	if err == nil {
+		f.reloaded()
+	}
 	return err
+}
+
+// reloaded calls the WithOnReload function, if any; f.mu is not held.
+func (f *File) reloaded() {
+	if f.onReload != nil {
+		f.onReload()
+	}
 }
 
 // load reads, validates and installs the file; f.mu is held. It records the

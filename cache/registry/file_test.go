@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/cache"
 )
 
 // goodFile authorizes orgA and orgB for kjernejournal; orgB is suspended.
@@ -245,6 +247,97 @@ func TestFileReload(t *testing.T) {
 			}
 			if !has(f, orgA) || has(f, orgC) {
 				t.Error("the fixed file was not loaded")
+			}
+		})
+	}
+}
+
+// The cache in front of a File evicts on every successful reload: a member
+// removed from the file is refused right after the reload, with the clock
+// standing still (nowhere near the cache's TTL); a broken file evicts
+// nothing.
+func TestFileReloadEvictsCache(t *testing.T) {
+	const onlyC = `{"authorizations":[{"organization":"974760010","service":"kjernejournal","member":true,"status":"active"}]}`
+	for _, tt := range []struct {
+		name   string
+		reload func(t *testing.T, f *File, want func() bool)
+	}{
+		{"Reload", func(t *testing.T, f *File, _ func() bool) {
+			if err := f.Reload(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"poller", func(t *testing.T, f *File, want func() bool) {
+			deadline := time.Now().Add(5 * time.Second)
+			for !want() {
+				if time.Now().After(deadline) {
+					t.Fatal("the reload did not reach the cache within 5s")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			path := writeFile(t, t.TempDir(), "members.json", goodFile)
+			var c *cache.CachedMembership
+			var reloads atomic.Int32
+			f, err := NewFile(path, clock, nil, WithPollInterval(10*time.Millisecond), WithOnReload(func() {
+				reloads.Add(1)
+				c.Invalidate(context.Background(), "", "")
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reloads.Load() != 0 {
+				t.Fatal("the first load called the reload hook")
+			}
+			c = cache.NewCachedMembership(f, cache.MembershipCacheOptions{Clock: clock})
+			if tt.name == "poller" {
+				f.Start(t.Context())
+			}
+			decide := func(org string) (bool, string) {
+				ans, err := c.Lookup(context.Background(), "kjernejournal", org)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ok, _ := ans.Decide(clock.Now())
+				return ok, ans.Source
+			}
+			for range 2 { // the second is an in-process hit
+				if ok, _ := decide(orgA); !ok {
+					t.Fatal("orgA refused before the change")
+				}
+			}
+			if ok, src := decide(orgA); src != cache.TierLocal || !ok {
+				t.Fatalf("orgA not held in-process: from %s", src)
+			}
+
+			clock.Advance(time.Second) // far below the positive TTL
+			replaceFile(t, path, onlyC)
+			tt.reload(t, f, func() bool { return reloads.Load() > 0 })
+			if ok, src := decide(orgA); ok || src != SourceFile {
+				t.Fatalf("the removed member: allowed %v, from %s; want refused by the file", ok, src)
+			}
+			if ok, _ := decide(orgC); !ok {
+				t.Fatal("the added member refused")
+			}
+
+			// A broken file is not a reload: nothing is evicted.
+			before := reloads.Load()
+			replaceFile(t, path, `{"authorizations":[`)
+			if tt.name == "Reload" {
+				if err := f.Reload(); err == nil {
+					t.Fatal("a broken file reloaded")
+				}
+			} else {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if reloads.Load() != before {
+				t.Fatal("a broken file called the reload hook")
+			}
+			if ok, src := decide(orgC); !ok || src != cache.TierLocal {
+				t.Fatalf("after a broken file: allowed %v, from %s; want the cached answer", ok, src)
 			}
 		})
 	}

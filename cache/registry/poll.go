@@ -36,20 +36,29 @@ func (f *File) poll(ctx context.Context) {
 	}
 }
 
-// check reloads the file if it changed since it was last looked at.
+// check reloads the file if it changed since it was last looked at, and
+// after a successful reload calls the WithOnReload function.
 func (f *File) check() {
+	if f.checkLocked() {
+		f.reloaded()
+	}
+}
+
+// checkLocked is check under f.mu; it reports whether the file reloaded.
+func (f *File) checkLocked() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if stampOf(f.path).same(f.seen) {
-		return
+		return false
 	}
 	n, err := f.load()
 	if err != nil {
 		f.log.Error("membership file rejected; keeping the last good set",
 			zap.String("path", f.path), zap.Int("authorizations", f.Len()), zap.Error(err))
-		return
+		return false
 	}
 	f.log.Info("membership file reloaded", zap.String("path", f.path), zap.Int("authorizations", n))
+	return true
 }
 
 // stampOf stats path.
