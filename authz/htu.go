@@ -31,6 +31,9 @@ func NormalizeHTU(raw string) (string, error) {
 	if host == "" {
 		return "", errors.New("htu must be absolute with a host")
 	}
+	if strings.Contains(host, "%") { // an IPv6 zone (RFC 6874) names no host of ours
+		return "", errors.New("htu must not carry an IPv6 zone")
+	}
 	port := u.Port()
 	if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
 		port = ""
@@ -203,11 +206,33 @@ func newExpectedHTU(scheme, host, path string) (expectedHTU, error) {
 	if isNormalOrigin(scheme, host) && isNormalPath(path) {
 		return expectedHTU{scheme: scheme, host: host, path: path}, nil
 	}
+	// host is pasted into a URI: a delimiter in it would let the sender
+	// choose which URI is expected ("api.example.no/kj#" and any path).
+	if !isAuthority(host) {
+		return expectedHTU{}, errors.New("the request host is not host[:port]")
+	}
 	full, err := NormalizeHTU(scheme + "://" + host + path)
 	if err != nil {
 		return expectedHTU{}, err
 	}
 	return expectedHTU{path: full}, nil
+}
+
+// isAuthority reports whether host can only be read as host[:port]: a
+// registered name, an IPv4 address or a bracketed IPv6 literal, and a port;
+// no userinfo, path, query, fragment, percent-encoding or white space.
+func isAuthority(host string) bool {
+	if host == "" {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == '~' || c == ':' || c == '[' || c == ']') {
+			return false
+		}
+	}
+	return true
 }
 
 // isNormalOrigin reports whether scheme://host is in the form NormalizeHTU

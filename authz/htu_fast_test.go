@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -58,7 +59,13 @@ func TestExpectedHTU(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []struct{ scheme, host, path string }{{"https", "", "/a"}, {"https", "h", "/a%zz"}, {"ftp", "h", "/a"}} {
+	for _, bad := range []struct{ scheme, host, path string }{
+		{"https", "", "/a"}, {"https", "h", "/a%zz"}, {"ftp", "h", "/a"},
+		// A host with a URI delimiter would choose the expected htu itself.
+		{"https", "api.example.no/kjernejournal#", "/admin/delete"},
+		{"https", "api.example.no?", "/a"}, {"https", "u@api.example.no", "/a"},
+		{"https", "api.example.no%2F", "/a"}, {"https", "api.example.no /x", "/a"},
+	} {
 		if e, err := newExpectedHTU(bad.scheme, bad.host, bad.path); err == nil {
 			t.Errorf("%v: want an error, got %s", bad, e)
 		}
@@ -88,8 +95,14 @@ func FuzzExpectedHTU(f *testing.F) {
 	f.Add("http", "x:80", "/a/./b", "HTTP://X/a/b?c")
 	f.Add("https", "h:443", "/%7e", "https://h/~")
 	f.Add("https", "a-b.c", "/x/..", "https://a-b.c/")
+	f.Add("https", "api.example.no/kj#", "/admin", "https://api.example.no/kj")
+	f.Add("https", "[fe80::1%25en0]", "/a", "https://[fe80::1%25en0]/a")
 	f.Fuzz(func(t *testing.T, scheme, host, path, htu string) {
 		want, wantErr := NormalizeHTU(scheme + "://" + host + path)
+		if !isAuthority(host) {
+			// Not host[:port]: refused, whatever NormalizeHTU makes of it.
+			wantErr = errors.New("not an authority")
+		}
 		e, err := newExpectedHTU(scheme, host, path)
 		if (err != nil) != (wantErr != nil) {
 			t.Fatalf("error %v, NormalizeHTU's %v", err, wantErr)

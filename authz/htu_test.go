@@ -32,7 +32,7 @@ func TestNormalizeHTU(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []string{"/a", "ftp://x/a", "https://", "https://u:p@host/a", "https://host/a%zz", "mailto:x@y", "https://host/a%4"} {
+	for _, bad := range []string{"/a", "ftp://x/a", "https://", "https://u:p@host/a", "https://host/a%zz", "mailto:x@y", "https://host/a%4", "https://[fe80::1%25en0]/a"} {
 		t.Run("refused "+bad, func(t *testing.T) {
 			if got, err := NormalizeHTU(bad); err == nil {
 				t.Fatalf("want an error, got %s", got)

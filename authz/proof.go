@@ -11,6 +11,9 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 )
 
+// MaxProofSize is the longest DPoP proof accepted, in bytes.
+const MaxProofSize = 8 << 10
+
 // proofTarget is what a proof must be bound to: the request and the token.
 type proofTarget struct {
 	method string
@@ -36,7 +39,11 @@ type checkedProof struct {
 // everything else are checked on every proof.
 func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget, now time.Time) (checkedProof, *Error) {
 	// Step 2: the value is a well-formed JWT, here a compact JWS of three
-	// base64url segments.
+	// base64url segments, and of a sane size (a proof with a 4096-bit RSA
+	// key is about 1.5 KiB).
+	if len(proof) > MaxProofSize {
+		return checkedProof{}, deny(InvalidProof, "proof_malformed", "the DPoP proof is too large")
+	}
 	if strings.Count(proof, ".") != 2 {
 		return checkedProof{}, deny(InvalidProof, "proof_malformed", "the DPoP proof is not a compact JWS")
 	}

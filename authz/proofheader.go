@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
@@ -19,8 +18,7 @@ import (
 // client signs with the same key.
 type proofHeader struct {
 	alg      jwa.SignatureAlgorithm
-	key      jwk.Key      // the jwk member, parsed by jwx
-	raw      any          // key's public key (*ecdsa.PublicKey, *rsa.PublicKey)
+	raw      any          // the jwk's public key (*ecdsa.PublicKey, *rsa.PublicKey)
 	verifier jws.Verifier // jwx's verifier for alg
 	jkt      string       // RFC 7638 thumbprint of key, base64url (SHA-256)
 	jktErr   error        // why jwx could not compute it (then jkt is "")
@@ -41,8 +39,9 @@ func (v *Verifier) parseProofHeader(seg string) (*proofHeader, *Error) {
 	if b64, ok := h.Get("b64"); ok && b64 != true {
 		return nil, deny(InvalidProof, "proof_malformed", "the DPoP proof has an unencoded payload")
 	}
-	// Step 4: typ is dpop+jwt.
-	if !strings.EqualFold(h.Type(), "dpop+jwt") {
+	// Step 4: typ is dpop+jwt (RFC 7515 §4.1.9: "application/dpop+jwt" is
+	// the same media type).
+	if typ := h.Type(); !strings.EqualFold(typ, "dpop+jwt") && !strings.EqualFold(typ, "application/dpop+jwt") {
 		return nil, deny(InvalidProof, "proof_typ", "the DPoP proof type must be dpop+jwt")
 	}
 	// Step 5: alg is an accepted asymmetric algorithm (never none, never MAC).
@@ -62,10 +61,10 @@ func (v *Verifier) parseProofHeader(seg string) (*proofHeader, *Error) {
 		return nil, deny(InvalidProof, "proof_jwk", "the DPoP proof jwk must be a public key")
 	}
 	// Step 5 (cont.): alg agrees with the key type and curve of jwk.
-	if err := keyFitsAlg(key, alg); err != nil {
+	if err := keyFitsAlg(key, alg, maxProofRSABits); err != nil {
 		return nil, denyErr(InvalidProof, "proof_alg", "the DPoP proof algorithm does not fit its key", err)
 	}
-	ph := &proofHeader{alg: jwa.SignatureAlgorithm(alg), key: key}
+	ph := &proofHeader{alg: jwa.SignatureAlgorithm(alg)}
 	if err := key.Raw(&ph.raw); err != nil {
 		return nil, denyErr(InvalidProof, "proof_jwk", "the DPoP proof jwk is not a usable public key", err)
 	}
@@ -83,13 +82,21 @@ func (v *Verifier) parseProofHeader(seg string) (*proofHeader, *Error) {
 // DefaultProofKeyCacheSize bounds the cache of checked proof headers.
 const DefaultProofKeyCacheSize = 4096
 
+// maxCachedProofHeader is the longest header segment the cache keeps. A
+// header with a 4096-bit RSA jwk is about 750 characters; anything much
+// longer carries members the gateway does not read, and caching it would let
+// one client with one valid token fill memory with variations of it.
+const maxCachedProofHeader = 2048
+
 // proofHeaderCache keeps checked proof headers by their segment, exactly as
 // sent, so that a client reusing its key pays for the JSON, the JWK and the
 // thumbprint once. Only headers that passed every header check AND whose key
-// verified a proof bound to a valid token are put in it: a header that fails
-// is never cached, and a client cannot fill it with keys of its own making.
-// It is bounded: when full, an arbitrary entry makes room (a dropped entry
-// only costs one re-parse).
+// verified a proof bound to a valid token are put in it (a header that fails
+// is never cached), and none longer than maxCachedProofHeader. An entry holds
+// the segment and the parsed public key, nothing else of the header. It is
+// bounded: when full, an arbitrary entry makes room (a dropped entry only
+// costs one re-parse), so a client varying its header can cost others a
+// re-parse, never memory.
 type proofHeaderCache struct {
 	mu  sync.RWMutex
 	m   map[string]*proofHeader
@@ -108,6 +115,9 @@ func (c *proofHeaderCache) get(seg string) (*proofHeader, bool) {
 }
 
 func (c *proofHeaderCache) put(seg string, ph *proofHeader) {
+	if len(seg) > maxCachedProofHeader {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[seg]; ok {

@@ -48,6 +48,18 @@ func TestProofHeaderCache(t *testing.T) {
 		}
 	})
 
+	t.Run("a long header passes but is not kept", func(t *testing.T) {
+		f := newFixture(t, nil)
+		tok := f.token(nil)
+		for i := 0; i < 3; i++ { // each with another junk member: a new header
+			p := f.proof(tok, func(h, c map[string]any) { h["x-junk"] = strings.Repeat(string(rune('a'+i)), maxCachedProofHeader) })
+			f.check(t, f.request(tok, p), 0, "")
+		}
+		if n := f.v.proofHeaders.len(); n != 0 {
+			t.Fatalf("cache holds %d long headers, want none", n)
+		}
+	})
+
 	t.Run("a bad signature under a cached header is refused", func(t *testing.T) {
 		f := newFixture(t, nil)
 		tok := f.token(nil)

@@ -48,6 +48,7 @@ func DenialReasons() []ReasonInfo {
 		{"token_audience", InvalidToken, "aud lacks the audience (or is not only it, with single_audience)"},
 		{"token_exp_missing", InvalidToken, "no exp"},
 		{"token_client_id", InvalidToken, "no client_id"},
+		{"token_jti", InvalidToken, "no jti"},
 		{"token_cnf", InvalidToken, "cnf without a jkt string"},
 		{"token_expired", InvalidToken, "exp has passed (with clock_skew)"},
 		{"token_not_yet_valid", InvalidToken, "nbf has not come (with clock_skew)"},

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math/bits"
 	"strings"
 	"time"
 	"unsafe"
@@ -89,7 +91,7 @@ func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*ver
 			return keyErr
 		}
 		// The key must be of the type the algorithm needs, and agree with its own alg.
-		if err := keyFitsAlg(key, alg); err != nil {
+		if err := keyFitsAlg(key, alg, maxIssuerRSA); err != nil {
 			keyErr = denyErr(InvalidToken, "token_alg", "the access token algorithm does not fit the issuer's key", err)
 			return keyErr
 		}
@@ -135,6 +137,10 @@ func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*ver
 	if c.ClientID == "" {
 		return nil, deny(InvalidToken, "token_client_id", "the access token has no client_id")
 	}
+	// jti is required (RFC 9068 §2.2): it names the token in the audit log.
+	if c.JTI == "" {
+		return nil, deny(InvalidToken, "token_jti", "the access token has no jti")
+	}
 	// cnf, when present, must carry a jkt string (RFC 9449 §6.1).
 	if c.Cnf != nil && (c.Cnf.JKT == nil || *c.Cnf.JKT == "") {
 		return nil, deny(InvalidToken, "token_cnf", "the access token confirmation is malformed")
@@ -142,16 +148,32 @@ func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*ver
 	return vt, nil
 }
 
-// keyFitsAlg checks that key can verify alg: RSA for RS*/PS*, EC on the
-// matching curve for ES*, and that the key's own alg, if any, is alg.
-func keyFitsAlg(key jwk.Key, alg string) error {
+// RSA modulus sizes a key may have. Below 2048 bits is too weak (RFC 7518
+// §3.3, §3.5). A proof key, chosen by the client, may have at most 4096: the
+// cost of a verification grows with the square of the size, and a larger key
+// would let any holder of a token make each request cost milliseconds to
+// seconds. The issuer's keys are trusted and paid for once per token.
+const (
+	minRSABits      = 2048
+	maxProofRSABits = 4096
+	maxIssuerRSA    = 16384
+)
+
+// keyFitsAlg checks that key can verify alg: RSA of minRSABits to maxRSABits
+// for RS*/PS*, EC on the matching curve for ES*, and that the key's own alg,
+// if any, is alg.
+func keyFitsAlg(key jwk.Key, alg string, maxRSABits int) error {
 	if ka := key.Algorithm().String(); ka != "" && ka != alg {
 		return errors.New("the key is for another algorithm")
 	}
 	switch {
 	case strings.HasPrefix(alg, "RS"), strings.HasPrefix(alg, "PS"):
-		if key.KeyType() != jwa.RSA {
-			return errors.New("algorithm needs an RSA key")
+		rk, ok := key.(jwk.RSAPublicKey)
+		if !ok {
+			return errors.New("algorithm needs a public RSA key")
+		}
+		if bits := modulusBits(rk.N()); bits < minRSABits || bits > maxRSABits {
+			return fmt.Errorf("the RSA key has %d bits, not %d to %d", bits, minRSABits, maxRSABits)
 		}
 	case strings.HasPrefix(alg, "ES"):
 		ec, ok := key.(jwk.ECDSAPublicKey)
@@ -166,6 +188,17 @@ func keyFitsAlg(key jwk.Key, alg string) error {
 		return errors.New("unsupported algorithm")
 	}
 	return nil
+}
+
+// modulusBits is the bit length of a big-endian unsigned modulus.
+func modulusBits(n []byte) int {
+	for len(n) > 0 && n[0] == 0 {
+		n = n[1:]
+	}
+	if len(n) == 0 {
+		return 0
+	}
+	return (len(n)-1)*8 + bits.Len8(n[0])
 }
 
 // readOnlyBytes returns the bytes of s without copying them (an access

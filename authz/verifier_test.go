@@ -2,15 +2,21 @@ package authz
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
 type verifyCase struct {
@@ -193,6 +199,15 @@ func TestAccessToken(t *testing.T) {
 		{name: "not yet valid", req: withToken(func(h, c map[string]any) { c["nbf"] = testNow.Add(6 * time.Second).Unix() }), kind: InvalidToken, reason: "token_not_yet_valid"},
 		{name: "nbf within clock skew", req: withToken(func(h, c map[string]any) { c["nbf"] = testNow.Add(4 * time.Second).Unix() })},
 		{name: "client_id missing", req: withToken(func(h, c map[string]any) { delete(c, "client_id") }), kind: InvalidToken, reason: "token_client_id"},
+		{name: "jti missing", req: withToken(func(h, c map[string]any) { delete(c, "jti") }), kind: InvalidToken, reason: "token_jti"},
+		{name: "exp negative", req: withToken(func(h, c map[string]any) { c["exp"] = -1 }), kind: InvalidToken, reason: "token_claims"},
+		{name: "exp beyond range", req: withToken(func(h, c map[string]any) { c["exp"] = 1e300 }), kind: InvalidToken, reason: "token_claims"},
+		{name: "RS256 header naming the issuer's EC key", req: func(f *fixture) Request {
+			h := tokenHeader()
+			h["kid"] = "EC1"
+			tok := sign(t, h, f.tokenClaims(), issuerPriv)
+			return f.request(tok, f.proof(tok, nil))
+		}, kind: InvalidToken, reason: "token_alg"},
 		{name: "scope missing", req: withToken(func(h, c map[string]any) { c["scope"] = []string{"openid"} }), kind: InsufficientScope, reason: "scope_missing"},
 		{name: "scope absent", req: withToken(func(h, c map[string]any) { delete(c, "scope") }), kind: InsufficientScope, reason: "scope_missing"},
 		{name: "scope as a space-separated string", req: withToken(func(h, c map[string]any) { c["scope"] = "openid " + testScope })},
@@ -294,6 +309,41 @@ func TestProof(t *testing.T) {
 			f.replay.err = errBoom
 			return withProof(nil)(f)
 		}, kind: Unavailable, reason: "replay_store_unavailable"},
+		{name: "typ application/dpop+jwt accepted", req: withProof(func(h, c map[string]any) { h["typ"] = "application/dpop+jwt" })},
+		{name: "typ in upper case accepted", req: withProof(func(h, c map[string]any) { h["typ"] = "DPOP+JWT" })},
+		{name: "proof too large", req: withProof(func(h, c map[string]any) { c["pad"] = strings.Repeat("x", MaxProofSize) }),
+			kind: InvalidProof, reason: "proof_malformed"},
+		{name: "rsa proof key below 2048 bits", req: func(f *fixture) Request {
+			small, err := rsa.GenerateKey(rand.Reader, 1024)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return rsaProof(t, f, small.Public().(*rsa.PublicKey), small)
+		}, kind: InvalidProof, reason: "proof_alg"},
+		{name: "rsa proof key above 4096 bits", req: func(f *fixture) Request {
+			// A made-up modulus: the size is refused before any signature.
+			n := new(big.Int).Lsh(big.NewInt(1), 4104)
+			n.Add(n, big.NewInt(12345))
+			return rsaProof(t, f, &rsa.PublicKey{N: n, E: 65537}, otherRSA)
+		}, kind: InvalidProof, reason: "proof_alg"},
+		{name: "duplicate claim", req: func(f *fixture) Request {
+			tok := f.token(nil)
+			h, c := f.proofParts(tok)
+			payload, _ := json.Marshal(c)
+			// Two htm members: a reader that kept the last would see POST.
+			payload = append(payload[:len(payload)-1], []byte(`,"htm":"POST"}`)...)
+			return f.request(tok, signPayload(t, h, payload, clientPriv))
+		}, kind: InvalidProof, reason: "proof_claims"},
+		{name: "data after the claims", req: func(f *fixture) Request {
+			tok := f.token(nil)
+			h, c := f.proofParts(tok)
+			payload, _ := json.Marshal(c)
+			return f.request(tok, signPayload(t, h, append(payload, []byte(`{}`)...), clientPriv))
+		}, kind: InvalidProof, reason: "proof_claims"},
+		{name: "dpop_future_skew configured: inside", cfg: func(c *Config) { c.DPoPFutureSkew = 30 * time.Second },
+			req: withProof(func(h, c map[string]any) { c["iat"] = testNow.Add(25 * time.Second).Unix() })},
+		{name: "dpop_future_skew configured: beyond", cfg: func(c *Config) { c.DPoPFutureSkew = 30 * time.Second },
+			req: withProof(func(h, c map[string]any) { c["iat"] = testNow.Add(31 * time.Second).Unix() }), kind: InvalidProof, reason: "proof_iat"},
 		{name: "rsa proof", req: func(f *fixture) Request {
 			tok := f.token(func(h, c map[string]any) { c["cnf"] = map[string]any{"jkt": thumbprint(t, otherRSA.Public())} })
 			h, c := f.proofParts(tok)
@@ -312,6 +362,13 @@ func TestReplay(t *testing.T) {
 	f.check(t, f.request(tok, proof), 0, "")
 	f.check(t, f.request(tok, proof), InvalidProof, "proof_replay")
 	// The same jti under another key is another proof.
+	const jti = "same-jti"
+	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["jti"] = jti })), 0, "")
+	tok2 := f.token(func(h, c map[string]any) { c["cnf"] = map[string]any{"jkt": thumbprint(t, client2Priv.Public())} })
+	h, c := f.proofParts(tok2)
+	h["jwk"], _ = jwk.FromRaw(client2Priv.Public())
+	c["jti"] = jti
+	f.check(t, f.request(tok2, sign(t, h, c, client2Priv)), 0, "")
 	for key, ttl := range f.replay.seen {
 		if want := DefaultDPoPMaxAge + DefaultDPoPFutureSkew; ttl < want {
 			t.Fatalf("replay entry %s kept %v, shorter than the acceptance window %v", key, ttl, want)
@@ -339,6 +396,9 @@ func TestNonce(t *testing.T) {
 	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = "made-up" })), UseNonce, "nonce_stale")
 	other := NewNonces([]byte("another secret, another gateway!"), time.Second).Issue(f.now)
 	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = other })), UseNonce, "nonce_stale")
+	// A nonce of ours, but dated later than the future skew allows.
+	future := NewNonces([]byte("0123456789abcdef0123456789abcdef"), time.Second).Issue(f.now.Add(time.Minute))
+	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = future })), UseNonce, "nonce_stale")
 	p := f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = nonce; c["jti"] = "n1" })), 0, "")
 	if p.NonceRefresh != "" {
 		t.Fatal("a fresh nonce should not be refreshed")
@@ -427,6 +487,55 @@ func TestTokenCache(t *testing.T) {
 	if c.len() > 2 {
 		t.Fatalf("token cache grew past its bound: %d", c.len())
 	}
+
+	// Full, an expired entry makes room before a live one (every time: the
+	// arbitrary eviction would pick the live one half of the time).
+	for i := 0; i < 64; i++ {
+		c = newTokenCache(2)
+		c.put([32]byte{1}, &verifiedToken{exp: testNow.Add(-time.Second)}, testNow.Add(-time.Minute))
+		c.put([32]byte{2}, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow.Add(-time.Minute))
+		c.put([32]byte{3}, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
+		if _, ok := c.get([32]byte{2}); !ok || c.len() != 2 {
+			t.Fatalf("the live entry was evicted while an expired one was there (len %d)", c.len())
+		}
+	}
+}
+
+// rsaProof signs a PS256 proof with priv under a jwk of pub, for a token
+// bound to pub.
+func rsaProof(t *testing.T, f *fixture, pub *rsa.PublicKey, priv *rsa.PrivateKey) Request {
+	t.Helper()
+	k, err := jwk.FromRaw(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp, err := k.Thumbprint(crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(func(h, c map[string]any) { c["cnf"] = map[string]any{"jkt": base64.RawURLEncoding.EncodeToString(tp)} })
+	h, c := f.proofParts(tok)
+	h["jwk"], h["alg"] = k, "PS256"
+	return f.request(tok, sign(t, h, c, priv))
+}
+
+// signPayload makes a compact JWS of header over payload exactly as given.
+func signPayload(t *testing.T, header map[string]any, payload []byte, key any) string {
+	t.Helper()
+	hdrs := jws.NewHeaders()
+	for k, v := range header {
+		if k != "alg" {
+			if err := hdrs.Set(k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	alg, _ := header["alg"].(string)
+	buf, err := jws.Sign(payload, jws.WithKey(jwa.SignatureAlgorithm(alg), key, jws.WithProtectedHeaders(hdrs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(buf)
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -171,6 +172,27 @@ func TestServeHTTPOriginalURI(t *testing.T) {
 	next := &recordingNext{}
 	if err := f.h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil || !next.called {
 		t.Fatalf("proof for the original URI refused: %v", err)
+	}
+}
+
+// Over TLS the expected htu is https, whatever the URL says.
+func TestServeHTTPSchemeFromTLS(t *testing.T) {
+	f := newHandlerFixture(t, nil)
+	tok := f.token(t, helseidsim.TokenSpec{})
+	for _, tc := range []struct {
+		htu string
+		ok  bool
+	}{{"https://example.com/a", true}, {"http://example.com/a", false}} {
+		r := f.request(t, "GET", "http://example.com/a", tok, tc.htu)
+		r.TLS = &tls.ConnectionState{}
+		next := &recordingNext{}
+		w := httptest.NewRecorder()
+		if err := f.h.ServeHTTP(w, r, next); err != nil {
+			t.Fatal(err)
+		}
+		if next.called != tc.ok {
+			t.Errorf("htu %s over TLS: passed %v, want %v (%d %s)", tc.htu, next.called, tc.ok, w.Code, w.Header().Get("WWW-Authenticate"))
+		}
 	}
 }
 
