@@ -16,7 +16,6 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
-	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
 type verifyCase struct {
@@ -517,25 +516,6 @@ func rsaProof(t *testing.T, f *fixture, pub *rsa.PublicKey, priv *rsa.PrivateKey
 	h, c := f.proofParts(tok)
 	h["jwk"], h["alg"] = k, "PS256"
 	return f.request(tok, sign(t, h, c, priv))
-}
-
-// signPayload makes a compact JWS of header over payload exactly as given.
-func signPayload(t *testing.T, header map[string]any, payload []byte, key any) string {
-	t.Helper()
-	hdrs := jws.NewHeaders()
-	for k, v := range header {
-		if k != "alg" {
-			if err := hdrs.Set(k, v); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	alg, _ := header["alg"].(string)
-	buf, err := jws.Sign(payload, jws.WithKey(jwa.SignatureAlgorithm(alg), key, jws.WithProtectedHeaders(hdrs)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(buf)
 }
 
 func TestConfigValidate(t *testing.T) {
