@@ -138,8 +138,9 @@ type CachedMembership struct {
 	flights singleflight.Group
 	// epoch counts local evictions. A fill that began in an older epoch
 	// does not store its answer: it may predate the invalidation.
-	epoch      atomic.Uint64
-	subscribed atomic.Bool
+	epoch        atomic.Uint64
+	subscribed   atomic.Bool
+	subscribeCtx atomic.Pointer[context.Context] // set by SubscribeOnUse
 }
 
 // NewCachedMembership returns a CachedMembership in front of next. It does no
@@ -197,6 +198,7 @@ func (c *CachedMembership) Lookup(ctx context.Context, service, org string) (aut
 		return e.ans, nil
 	}
 	c.report(TierLocal, ResultMiss)
+	c.subscribeIfAsked()
 
 	r, err := c.fetch(ctx, k)
 	if r.redis != "" {

@@ -119,6 +119,26 @@ func (c *CachedMembership) Subscribe(ctx context.Context) {
 	go c.subscribeLoop(ctx)
 }
 
+// SubscribeOnUse makes the first lookup that misses the in-process tier
+// call Subscribe(ctx): until then nothing is cached that an invalidation
+// could concern, and a config that is only provisioned and validated
+// (caddy validate) never dials Redis.
+func (c *CachedMembership) SubscribeOnUse(ctx context.Context) {
+	if c.rt != nil {
+		c.subscribeCtx.Store(&ctx)
+	}
+}
+
+// subscribeIfAsked starts the subscription SubscribeOnUse asked for.
+func (c *CachedMembership) subscribeIfAsked() {
+	if c.subscribed.Load() {
+		return
+	}
+	if p := c.subscribeCtx.Load(); p != nil {
+		c.Subscribe(*p)
+	}
+}
+
 // subscribeLoop subscribes, receives until the subscription fails, and
 // starts again after a backoff, until ctx is done.
 func (c *CachedMembership) subscribeLoop(ctx context.Context) {

@@ -278,3 +278,22 @@ func TestMembershipSubscribeStops(t *testing.T) {
 	cancel()
 	eventually(t, 5*time.Second, "unsubscribed", func() bool { return count() == 0 })
 }
+
+// SubscribeOnUse dials nothing until a lookup misses the in-process tier.
+func TestMembershipSubscribeOnUse(t *testing.T) {
+	prefix := testPrefix(t, testRedis(t))
+	b := newReplica(t, prefix, newFakeClock(), MembershipCacheOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.c.SubscribeOnUse(ctx)
+	ch := InvalidationChannel(prefix)
+	count := func() int64 {
+		n, _ := b.client.PubSubNumSub(context.Background(), ch).Result()
+		return n[ch]
+	}
+	if b.c.subscribed.Load() || count() != 0 {
+		t.Fatal("subscribed before any lookup")
+	}
+	lookup(t, b.c, testService, testOrg)
+	eventually(t, 5*time.Second, "subscribed after the first miss", func() bool { return count() == 1 })
+}

@@ -235,7 +235,7 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 		}
 		pm.cached = cache.NewCachedMembership(src, opts)
 		if pm.redis != nil {
-			pm.cached.Subscribe(mctx)
+			pm.cached.SubscribeOnUse(mctx) // no Redis I/O in Provision
 		}
 		if pm.file != nil {
 			pm.file.Start(mctx) // after pm.cached is set: its reloads evict it
