@@ -98,6 +98,7 @@ func TestNoPersonalDataInLogsMetricsSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(string(raw), "\n")
+	checkSpanParents(t, lines)
 	var access, errorLines, audits, hprAudits int
 	for i, line := range lines {
 		var e map[string]any
@@ -144,6 +145,47 @@ func TestNoPersonalDataInLogsMetricsSpans(t *testing.T) {
 	for _, v := range []string{pid, hpr, orgParent, orgChild, orgSupp, helseidsim.DefaultClientID, c.key.Thumbprint()} {
 		if strings.Contains(metrics, v) {
 			t.Errorf("the metrics carry %q", v)
+		}
+	}
+}
+
+// checkSpanParents reads the spans the console exporter wrote (one JSON
+// object a line) and checks that helsegate's are children of Caddy's request
+// span ("gateway"), the replay check a child of the proof verification.
+func checkSpanParents(t *testing.T, lines []string) {
+	t.Helper()
+	type span struct {
+		Name        string
+		SpanContext struct{ SpanID string }
+		Parent      struct{ SpanID string }
+	}
+	byID := map[string]span{}
+	var ours []span
+	for _, line := range lines {
+		var sp span
+		if !strings.HasPrefix(line, `{"Name":`) || json.Unmarshal([]byte(line), &sp) != nil {
+			continue
+		}
+		byID[sp.SpanContext.SpanID] = sp
+		if strings.HasPrefix(sp.Name, "helseid.") {
+			ours = append(ours, sp)
+		}
+	}
+	want := map[string]string{
+		"helseid.verify_token": "gateway", "helseid.verify_proof": "gateway",
+		"helseid.membership": "gateway", "helseid.replay": "helseid.verify_proof",
+	}
+	seen := map[string]bool{}
+	for _, sp := range ours {
+		parent, ok := byID[sp.Parent.SpanID]
+		if w, known := want[sp.Name]; known && (!ok || parent.Name != w) {
+			t.Errorf("span %s has parent %q, want %s", sp.Name, parent.Name, w)
+		}
+		seen[sp.Name] = true
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("no %s span was exported", name)
 		}
 	}
 }
