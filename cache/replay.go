@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -191,10 +192,19 @@ type RedisReplay struct {
 
 // replayCall is one FirstUse waiting for its batch.
 type replayCall struct {
-	cmd  *redis.BoolCmd
-	err  error     // the batch's error when its commands never ran (breaker open)
-	turn chan bool // true: send the next batch; false: cmd (or err) has the answer
+	cmd   *redis.BoolCmd
+	err   error     // the batch's error when its commands never ran (breaker open)
+	turn  chan bool // true: send the next batch; false: cmd (or err) has the answer
+	state atomic.Int32
 }
+
+// States of a replayCall in the queue: a waiting call may be abandoned by
+// its caller (its request ended) until a sender hands it the next batch.
+const (
+	callWaiting int32 = iota
+	callHanded
+	callAbandoned
+)
 
 // NewRedisReplay returns a RedisReplay that writes under prefix (pass
 // RedisConfig.Prefix()), through br (nil: no breaker), with timeout per call
@@ -217,20 +227,30 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, ttl time.Duratio
 	// Built by hand: client.SetNX sends EX, not PX, when ttl is a whole
 	// number of seconds. A BoolCmd reads the nil reply of a refused SET NX
 	// as false.
-	call := &replayCall{
-		cmd:  redis.NewBoolCmd(ctx, "set", r.prefix+"v1:dpop:"+key, "1", "px", ms, "nx"),
-		turn: make(chan bool, 1),
+	cmd := redis.NewBoolCmd(ctx, "set", r.prefix+"v1:dpop:"+key, "1", "px", ms, "nx")
+	if r.breaker.State() != "closed" {
+		// Open: fail at once, queueing behind nobody. Half-open: the
+		// breaker lets one probe through and refuses the rest at once.
+		return r.firstUseAlone(ctx, cmd)
 	}
+	call := &replayCall{cmd: cmd, turn: make(chan bool, 1)}
 	r.mu.Lock()
 	r.queue = append(r.queue, call)
 	lead := !r.sending
 	r.sending = true
 	r.mu.Unlock()
 	// Wait for the batch in flight: it answers this call (false), or this
-	// call sends the next one (true). The wait is bounded by the timeout of
-	// the batches ahead, not by ctx: leaving would orphan the turn.
+	// call sends the next one (true). A caller whose request ends leaves,
+	// unless the next batch was handed to it already (then it is on its way).
 	if !lead {
-		lead = <-call.turn
+		select {
+		case lead = <-call.turn:
+		case <-ctx.Done():
+			if call.state.CompareAndSwap(callWaiting, callAbandoned) {
+				return false, fmt.Errorf("cache: redis replay store: %w", ctx.Err())
+			}
+			lead = <-call.turn
+		}
 	}
 	if lead {
 		r.sendBatch(ctx, call)
@@ -239,6 +259,22 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, ttl time.Duratio
 	if err == nil {
 		var fresh bool
 		if fresh, err = call.cmd.Result(); err == nil {
+			return fresh, nil
+		}
+	}
+	return false, fmt.Errorf("cache: redis replay store: %w", err)
+}
+
+// firstUseAlone sends one SET NX on its own through the breaker.
+func (r *RedisReplay) firstUseAlone(ctx context.Context, cmd *redis.BoolCmd) (bool, error) {
+	err := r.breaker.Do(ctx, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+		return r.client.Process(ctx, cmd)
+	})
+	if err == nil {
+		var fresh bool
+		if fresh, err = cmd.Result(); err == nil {
 			return fresh, nil
 		}
 	}
@@ -258,8 +294,12 @@ var errBatchAbandoned = errors.New("the batch carrying this call was abandoned")
 func (r *RedisReplay) sendBatch(ctx context.Context, own *replayCall) {
 	r.mu.Lock()
 	n := min(len(r.queue), maxReplayBatch)
-	batch := make([]*replayCall, n)
-	copy(batch, r.queue)
+	batch := make([]*replayCall, 0, n)
+	for _, c := range r.queue[:n] {
+		if c == own || c.state.Load() != callAbandoned {
+			batch = append(batch, c)
+		}
+	}
 	r.queue = append(r.queue[:0], r.queue[n:]...)
 	r.mu.Unlock()
 
@@ -309,14 +349,17 @@ func (r *RedisReplay) release(batch []*replayCall, own *replayCall) {
 		}
 	}
 	r.mu.Lock()
-	if len(r.queue) == 0 {
-		r.sending = false
-		r.mu.Unlock()
-		return
+	for len(r.queue) > 0 {
+		next := r.queue[0]
+		if next.state.CompareAndSwap(callWaiting, callHanded) {
+			r.mu.Unlock()
+			next.turn <- true
+			return
+		}
+		r.queue = append(r.queue[:0], r.queue[1:]...) // abandoned: its caller left
 	}
-	next := r.queue[0]
+	r.sending = false
 	r.mu.Unlock()
-	next.turn <- true
 }
 
 // batchContext is the context a batch is sent under: the sender's own for a

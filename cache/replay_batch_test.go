@@ -204,3 +204,125 @@ func TestRedisReplayCanceledCaller(t *testing.T) {
 	}
 	_ = leaderErr // either answer is fine for the caller that left
 }
+
+// TestRedisReplayAbandonedWaiter: a caller queued behind a batch that does
+// not come back leaves when its request ends; the calls queued after it are
+// still sent and answered.
+func TestRedisReplayAbandonedWaiter(t *testing.T) {
+	c := testRedis(t)
+	hook := &gateHook{open: make(chan struct{})}
+	c.AddHook(hook)
+	s := NewRedisReplay(c, testPrefix(t, c), NewBreaker("redis"), 5*time.Second)
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = s.FirstUse(t.Context(), "gate", ttl) })
+	for !hook.first.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	queued := func(n int) {
+		for {
+			s.mu.Lock()
+			q := len(s.queue)
+			s.mu.Unlock()
+			if q == n {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	left := make(chan error, 1)
+	go func() { _, err := s.FirstUse(ctx, "leaves", ttl); left <- err }()
+	queued(1)
+	var later atomic.Int32
+	wg.Go(func() {
+		if ok, err := s.FirstUse(t.Context(), "later", ttl); err == nil && ok {
+			later.Add(1)
+		}
+	})
+	queued(2)
+	cancel()
+	select {
+	case err := <-left:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the caller that left got %v, want its context's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a caller whose request ended still waits for the batch ahead")
+	}
+	close(hook.open) // the batch ahead comes back
+	wg.Wait()
+	if later.Load() != 1 {
+		t.Fatal("the call queued after the one that left was not answered")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sending || len(s.queue) != 0 {
+		t.Fatalf("the store is not idle: sending %v, %d queued", s.sending, len(s.queue))
+	}
+}
+
+// TestRedisReplayOpenBreakerFailsAtOnce: with the breaker open, calls fail
+// without queueing and without sending anything.
+func TestRedisReplayOpenBreakerFailsAtOnce(t *testing.T) {
+	c := testRedis(t)
+	hook := &gateHook{open: make(chan struct{})} // would hold the first command sent
+	defer close(hook.open)
+	c.AddHook(hook)
+	br := NewBreaker("redis", WithHalfOpenAfter(time.Hour))
+	for br.State() != "open" {
+		_ = br.Do(t.Context(), func(context.Context) error { return errors.New("down") })
+	}
+	s := NewRedisReplay(c, testPrefix(t, c), br, 5*time.Second)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if _, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), ttl); !errors.Is(err, ErrBreakerOpen) {
+				t.Errorf("FirstUse with the breaker open: %v, want ErrBreakerOpen", err)
+			}
+		})
+	}
+	wg.Wait()
+	if hook.first.Load() {
+		t.Fatal("a command was sent with the breaker open")
+	}
+}
+
+// TestRedisReplayHalfOpenProbeAlone: while the half-open breaker's probe is
+// out (and held), other calls are refused at once instead of queueing
+// behind it.
+func TestRedisReplayHalfOpenProbeAlone(t *testing.T) {
+	c := testRedis(t)
+	hook := &gateHook{open: make(chan struct{})}
+	c.AddHook(hook)
+	br := NewBreaker("redis", WithHalfOpenAfter(10*time.Millisecond))
+	for br.State() != "open" {
+		_ = br.Do(t.Context(), func(context.Context) error { return errors.New("down") })
+	}
+	for br.State() != "half-open" {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := NewRedisReplay(c, testPrefix(t, c), br, 5*time.Second)
+	probe := make(chan error, 1)
+	go func() { _, err := s.FirstUse(t.Context(), "probe", ttl); probe <- err }()
+	for !hook.first.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	refused := make(chan error, 10)
+	for i := range 10 {
+		go func() { _, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), ttl); refused <- err }()
+	}
+	for range 10 {
+		select {
+		case err := <-refused:
+			if !errors.Is(err, ErrBreakerOpen) {
+				t.Errorf("a call beside the probe: %v, want ErrBreakerOpen", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a call waits behind the half-open probe")
+		}
+	}
+	close(hook.open)
+	if err := <-probe; err != nil {
+		t.Fatalf("the probe: %v", err)
+	}
+}
