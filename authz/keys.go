@@ -150,12 +150,12 @@ func (k *IssuerKeys) refreshed(ok bool) {
 // set of the current JWKS URL becomes the one requests use.
 func (k *IssuerKeys) postFetch(u string, set jwk.Set) (jwk.Set, error) {
 	k.mu.Lock()
-	cur := u == k.jwksURL
-	k.mu.Unlock()
-	if cur {
+	// Under k.mu: a fetch of an old URL must not store after the switch.
+	if u == k.jwksURL {
 		k.current.Store(&set)
 		k.nKeys.Store(int64(set.Len()))
 	}
+	k.mu.Unlock()
 	k.refreshed(true)
 	return set, nil
 }
