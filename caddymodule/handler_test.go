@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/helsegate/helsegate/cache"
 	"github.com/helsegate/helsegate/integration/dpopclient"
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
@@ -329,5 +330,35 @@ func TestStripIdentityHeaders(t *testing.T) {
 	stripIdentityHeaders(h)
 	if len(h) != 2 || h.Get("Authorization") != "keep" || h.Get("X-Helseidx") != "keep" {
 		t.Fatalf("left %v", h)
+	}
+}
+
+// A Redis URL placeholder that resolves to nothing is a config error; the
+// in-process store must be asked for with "none".
+func TestProvisionRedisURLPlaceholder(t *testing.T) {
+	sim, err := helseidsim.Start(helseidsim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	for _, tc := range []struct {
+		value   string
+		wantErr bool
+	}{{"", true}, {"none", false}} {
+		t.Setenv("HG_TEST_REDIS_URL", tc.value)
+		h := &Handler{Issuer: sim.Issuer(), Audience: "nhn:kjernejournal", Redis: &cache.RedisConfig{URL: "{env.HG_TEST_REDIS_URL}"}}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := h.Provision(ctx)
+		_ = h.Cleanup()
+		cancel()
+		if tc.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "{env.HG_TEST_REDIS_URL} is empty") {
+				t.Errorf("REDIS_URL %q: Provision = %v, want the empty-placeholder error", tc.value, err)
+			}
+			continue
+		}
+		if err != nil || h.Redis != nil {
+			t.Errorf("REDIS_URL %q: Provision = %v, Redis %+v; want the in-process store", tc.value, err, h.Redis)
+		}
 	}
 }

@@ -196,7 +196,10 @@ func (h *Handler) resolvePlaceholders() error {
 		}
 	}
 	if h.Redis != nil {
-		urlFromPlaceholder := hasPlaceholder(h.Redis.URL)
+		urlPlaceholder := ""
+		if hasPlaceholder(h.Redis.URL) {
+			urlPlaceholder = h.Redis.URL
+		}
 		for _, s := range []*string{&h.Redis.URL, &h.Redis.MasterName, &h.Redis.Username, &h.Redis.Password, &h.Redis.KeyPrefix} {
 			resolve(s)
 		}
@@ -204,10 +207,17 @@ func (h *Handler) resolvePlaceholders() error {
 			resolve(&h.Redis.Addrs[i])
 		}
 		// "redis {env.REDIS_URL}" keeps the URL, and any password in it, out
-		// of the JSON config. A URL placeholder that resolves to empty, or a
-		// URL of none, means the in-process store, as "redis none" does.
-		if len(h.Redis.Addrs) == 0 && (h.Redis.URL == "none" || (urlFromPlaceholder && h.Redis.URL == "")) {
-			h.Redis = nil
+		// of the JSON config. A URL of none means the in-process store, as
+		// "redis none" does. A placeholder that resolves to nothing is an
+		// error: a replica missing its variable must not quietly lose the
+		// replay protection it shares with the others.
+		if len(h.Redis.Addrs) == 0 {
+			switch {
+			case h.Redis.URL == "none":
+				h.Redis = nil
+			case urlPlaceholder != "" && h.Redis.URL == "":
+				return fmt.Errorf(`helseid: redis %s is empty: set it to a Redis URL, or to "none" for the in-process store (one instance only)`, urlPlaceholder)
+			}
 		}
 	}
 	return nil

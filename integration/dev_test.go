@@ -438,7 +438,7 @@ func TestCaddyfileExample(t *testing.T) {
 	}{
 		{"overrides", []string{"HELSEID_ISSUER=https://helseid-sts.invalid", "MEMBERSHIP_REGISTRY=https://registry.invalid",
 			"MEMBERSHIP_TOKEN=t0ken", "REDIS_URL=redis://127.0.0.1:1"}},
-		{"defaults", nil},
+		{"defaults, in-process store", []string{"REDIS_URL=none"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, args := range [][]string{
@@ -456,6 +456,18 @@ func TestCaddyfileExample(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Without REDIS_URL, Caddyfile.example does not load: a replica missing its
+// variable must not quietly run on the in-process store.
+func TestCaddyfileExampleRedisURLRequired(t *testing.T) {
+	cmd := exec.Command(binPath, "validate", "--config", "Caddyfile.example", "--adapter", "caddyfile")
+	cmd.Dir = ".."
+	cmd.Env = environ("REDIS_URL=")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "redis {env.REDIS_URL} is empty") {
+		t.Fatalf("validate without REDIS_URL: %v\n%s", err, out)
 	}
 }
 

@@ -116,9 +116,13 @@ func runDev(cmd *cobra.Command) error {
 	// Caddyfile.example listens on every interface unless told otherwise;
 	// the simulators hand out tokens to anyone, so dev stays on loopback.
 	_ = os.Setenv("HELSEGATE_BIND", "127.0.0.1")
-	// The URL is not printed: it may carry a password.
+	// Without REDIS_URL, the in-process store (Caddyfile.example insists on
+	// an explicit choice). The URL is not printed: it may carry a password.
+	if os.Getenv("REDIS_URL") == "" {
+		_ = os.Setenv("REDIS_URL", "none")
+	}
 	note := str("config") + " on 127.0.0.1, in-process store"
-	if v := os.Getenv("REDIS_URL"); v != "" && v != "none" {
+	if os.Getenv("REDIS_URL") != "none" {
 		note = str("config") + " on 127.0.0.1, Redis from REDIS_URL"
 	}
 
