@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -141,6 +142,12 @@ type CachedMembership struct {
 	epoch        atomic.Uint64
 	subscribed   atomic.Bool
 	subscribeCtx atomic.Pointer[context.Context] // set by SubscribeOnUse
+	// ready is closed once the first subscription attempt has an outcome;
+	// unconfirmedUse records that a lookup went ahead before a subscription
+	// was confirmed (then the first confirmation clears the in-process tier).
+	ready          chan struct{}
+	readyOnce      sync.Once
+	unconfirmedUse atomic.Bool
 }
 
 // NewCachedMembership returns a CachedMembership in front of next. It does no
@@ -181,6 +188,7 @@ func NewCachedMembership(next authz.Membership, opts MembershipCacheOptions) *Ca
 		onInval:  opts.OnInvalidation,
 		logger:   opts.Logger,
 		local:    newMemLocal(opts.LocalMax),
+		ready:    make(chan struct{}),
 	}
 	if opts.Redis != nil {
 		c.rt = newMemRedis(opts.Redis, opts.KeyPrefix, opts.RedisBreaker, opts.RedisTimeout)
@@ -198,7 +206,7 @@ func (c *CachedMembership) Lookup(ctx context.Context, service, org string) (aut
 		return e.ans, nil
 	}
 	c.report(TierLocal, ResultMiss)
-	c.subscribeIfAsked()
+	c.subscribeIfAsked(ctx)
 
 	r, err := c.fetch(ctx, k)
 	if r.redis != "" {

@@ -15,6 +15,7 @@ import (
 // Timings of the invalidation subscriber.
 const (
 	subscribeTimeout    = 5 * time.Second        // for Redis to confirm a subscription
+	subscribeWait       = 250 * time.Millisecond // the longest the first lookups wait for that
 	subscribeHealth     = 30 * time.Second       // silence after which the connection is pinged
 	subscribeMinBackoff = 100 * time.Millisecond // first wait after a failure
 	subscribeMaxBackoff = 10 * time.Second
@@ -129,14 +130,40 @@ func (c *CachedMembership) SubscribeOnUse(ctx context.Context) {
 	}
 }
 
-// subscribeIfAsked starts the subscription SubscribeOnUse asked for.
-func (c *CachedMembership) subscribeIfAsked() {
-	if c.subscribed.Load() {
+// subscribeIfAsked starts the subscription SubscribeOnUse asked for and
+// waits, at most subscribeWait, for its first outcome: a fill that went
+// ahead of the confirmation could store an answer invalidated meanwhile.
+// Once there is an outcome it costs an atomic load and a closed channel.
+func (c *CachedMembership) subscribeIfAsked(ctx context.Context) {
+	p := c.subscribeCtx.Load()
+	if p == nil {
 		return
 	}
-	if p := c.subscribeCtx.Load(); p != nil {
+	if !c.subscribed.Load() {
 		c.Subscribe(*p)
 	}
+	select {
+	case <-c.ready:
+		return
+	default:
+	}
+	t := time.NewTimer(subscribeWait)
+	defer t.Stop()
+	select {
+	case <-c.ready:
+	case <-t.C:
+		c.unconfirmedUse.Store(true)
+	case <-ctx.Done():
+		c.unconfirmedUse.Store(true)
+	}
+}
+
+// firstOutcome marks the first subscription attempt as over.
+func (c *CachedMembership) firstOutcome(ok bool) {
+	if !ok {
+		c.unconfirmedUse.Store(true) // lookups go ahead unsubscribed
+	}
+	c.readyOnce.Do(func() { close(c.ready) })
 }
 
 // subscribeLoop subscribes, receives until the subscription fails, and
@@ -151,14 +178,20 @@ func (c *CachedMembership) subscribeLoop(ctx context.Context) {
 		if err == nil {
 			backoff = subscribeMinBackoff
 			// Whatever happened to the generation while we were not
-			// listening, read it again.
+			// listening, read it again; what was cached unsubscribed is
+			// dropped, since invalidations may have been missed.
 			c.rt.forgetGen()
 			if !first {
 				c.evictLocal("", "")
 				c.event(InvalidationResubscribed)
+			} else if c.unconfirmedUse.Load() {
+				c.evictLocal("", "")
 			}
 			first = false
+			c.firstOutcome(true)
 			err = c.receive(ctx, ps)
+		} else {
+			c.firstOutcome(false)
 		}
 		stop()
 		_ = ps.Close()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -296,4 +297,55 @@ func TestMembershipSubscribeOnUse(t *testing.T) {
 	}
 	lookup(t, b.c, testService, testOrg)
 	eventually(t, 5*time.Second, "subscribed after the first miss", func() bool { return count() == 1 })
+}
+
+// The first lookups wait (boundedly) for the subscription: against a Redis
+// that never confirms, the lookup goes ahead and says so.
+func TestMembershipFirstLookupWaitsForSubscription(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = conn.Close() })
+		}
+	}()
+	opts, err := RedisConfig{Addrs: []string{ln.Addr().String()}}.UniversalOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewUniversalClient(opts)
+	t.Cleanup(func() { _ = client.Close() })
+	b := newReplica(t, "helsegate-test:", newFakeClock(), MembershipCacheOptions{Redis: client, RedisBreaker: NewBreaker("redis")})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.c.SubscribeOnUse(ctx)
+	if _, err := b.c.Lookup(context.Background(), testService, testOrg); err != nil {
+		t.Fatal(err)
+	}
+	if !b.c.unconfirmedUse.Load() {
+		t.Fatal("the first lookup went ahead of the subscription without waiting for it")
+	}
+}
+
+// What was cached before a subscription was confirmed is dropped at the
+// first confirmation: invalidations published meanwhile were missed.
+func TestMembershipFirstConfirmationClearsUnconfirmed(t *testing.T) {
+	prefix := testPrefix(t, testRedis(t))
+	b := newReplica(t, prefix, newFakeClock(), MembershipCacheOptions{})
+	lookup(t, b.c, testService, testOrg)
+	if !held(b, testService, testOrg) {
+		t.Fatal("not cached")
+	}
+	b.c.unconfirmedUse.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.c.Subscribe(ctx)
+	eventually(t, 5*time.Second, "cleared at the first confirmation", func() bool { return !held(b, testService, testOrg) })
 }
