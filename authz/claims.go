@@ -59,12 +59,22 @@ func (d *numericDate) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return errors.New("NumericDate must be a number")
 	}
-	if math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1<<40 {
+	t, ok := numericDateTime(f)
+	if !ok {
 		return errors.New("NumericDate out of range")
 	}
-	sec, frac := math.Modf(f)
-	d.Time = time.Unix(int64(sec), int64(frac*1e9))
+	d.Time = t
 	return nil
+}
+
+// numericDateTime is the time of a NumericDate of f seconds, refusing what
+// no token or proof date can be: negative, NaN, infinite, or beyond 2^40 s.
+func numericDateTime(f float64) (time.Time, bool) {
+	if math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1<<40 {
+		return time.Time{}, false
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)), true
 }
 
 // stringList is a JSON string or an array of strings (aud, RFC 7519 §4.1.3).

@@ -3,7 +3,6 @@ package authz
 import (
 	"encoding/json"
 	"errors"
-	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -36,8 +35,9 @@ var (
 	errNumericDate     = errors.New("NumericDate must be a number of seconds in range")
 )
 
-// maxJSONDepth is the nesting encoding/json accepts; deeper is refused.
-const maxJSONDepth = 10000
+// maxJSONDepth is the deepest nesting of arrays and objects a proof's claims
+// may have; a proof has no nested claims at all, and deeper is refused.
+const maxJSONDepth = 64
 
 // parseProofClaims decodes a proof payload into c. It is a strict JSON
 // reader for the one shape a proof has (an object of claims) that neither
@@ -257,11 +257,11 @@ func (p *jsonReader) numericDate(dst *time.Time, present *bool) error {
 	} else if f, err = strconv.ParseFloat(string(num), 64); err != nil {
 		return errNumericDate
 	}
-	if math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1<<40 {
+	t, ok := numericDateTime(f)
+	if !ok {
 		return errNumericDate
 	}
-	sec, frac := math.Modf(f)
-	*dst, *present = time.Unix(int64(sec), int64(frac*1e9)), true
+	*dst, *present = t, true
 	return nil
 }
 

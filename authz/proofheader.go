@@ -17,11 +17,9 @@ import (
 // the route's configuration alone, so it is the same for every proof a
 // client signs with the same key.
 type proofHeader struct {
-	alg      jwa.SignatureAlgorithm
 	raw      any          // the jwk's public key (*ecdsa.PublicKey, *rsa.PublicKey)
 	verifier jws.Verifier // jwx's verifier for alg
 	jkt      string       // RFC 7638 thumbprint of key, base64url (SHA-256)
-	jktErr   error        // why jwx could not compute it (then jkt is "")
 }
 
 // parseProofHeader decodes the protected header segment of a proof with jwx
@@ -64,18 +62,18 @@ func (v *Verifier) parseProofHeader(seg string) (*proofHeader, *Error) {
 	if err := keyFitsAlg(key, alg, maxProofRSABits); err != nil {
 		return nil, denyErr(InvalidProof, "proof_alg", "the DPoP proof algorithm does not fit its key", err)
 	}
-	ph := &proofHeader{alg: jwa.SignatureAlgorithm(alg)}
+	ph := &proofHeader{}
 	if err := key.Raw(&ph.raw); err != nil {
 		return nil, denyErr(InvalidProof, "proof_jwk", "the DPoP proof jwk is not a usable public key", err)
 	}
-	if ph.verifier, err = jws.NewVerifier(ph.alg); err != nil {
+	if ph.verifier, err = jws.NewVerifier(jwa.SignatureAlgorithm(alg)); err != nil {
 		return nil, denyErr(InvalidProof, "proof_alg", "the DPoP proof algorithm is not accepted", err)
 	}
-	if tp, err := key.Thumbprint(crypto.SHA256); err != nil {
-		ph.jktErr = err
-	} else {
-		ph.jkt = base64.RawURLEncoding.EncodeToString(tp)
+	tp, err := key.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return nil, denyErr(InvalidProof, "proof_jwk", "the DPoP proof key has no thumbprint", err)
 	}
+	ph.jkt = base64.RawURLEncoding.EncodeToString(tp)
 	return ph, nil
 }
 

@@ -310,6 +310,11 @@ func TestProof(t *testing.T) {
 		}, kind: Unavailable, reason: "replay_store_unavailable"},
 		{name: "typ application/dpop+jwt accepted", req: withProof(func(h, c map[string]any) { h["typ"] = "application/dpop+jwt" })},
 		{name: "typ in upper case accepted", req: withProof(func(h, c map[string]any) { h["typ"] = "DPOP+JWT" })},
+		{name: "proof signature too long", req: func(f *fixture) Request {
+			tok := f.token(nil)
+			p := f.proof(tok, nil)
+			return f.request(tok, p[:strings.LastIndexByte(p, '.')+1]+strings.Repeat("A", 800))
+		}, kind: InvalidProof, reason: "proof_malformed"},
 		{name: "proof too large", req: withProof(func(h, c map[string]any) { c["pad"] = strings.Repeat("x", MaxProofSize) }),
 			kind: InvalidProof, reason: "proof_malformed"},
 		{name: "rsa proof key below 2048 bits", req: func(f *fixture) Request {
