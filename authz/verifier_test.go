@@ -201,6 +201,32 @@ func TestAccessToken(t *testing.T) {
 		{name: "jti missing", req: withToken(func(h, c map[string]any) { delete(c, "jti") }), kind: InvalidToken, reason: "token_jti"},
 		{name: "exp negative", req: withToken(func(h, c map[string]any) { c["exp"] = -1 }), kind: InvalidToken, reason: "token_claims"},
 		{name: "exp beyond range", req: withToken(func(h, c map[string]any) { c["exp"] = 1e300 }), kind: InvalidToken, reason: "token_claims"},
+		{name: "issuer RSA key below 2048 bits", req: func(f *fixture) Request {
+			small, err := rsa.GenerateKey(rand.Reader, 1024)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub, _ := jwk.FromRaw(small.Public())
+			f.keys.mu.Lock()
+			f.keys.keys["small"] = pub
+			f.keys.mu.Unlock()
+			h := tokenHeader()
+			h["kid"] = "small"
+			tok := sign(t, h, f.tokenClaims(), small)
+			return f.request(tok, f.proof(tok, nil))
+		}, kind: InvalidToken, reason: "token_alg"},
+		{name: "issuer RSA key above 16384 bits", req: func(f *fixture) Request {
+			n := new(big.Int).Lsh(big.NewInt(1), 16400) // made up: refused before any signature
+			n.Add(n, big.NewInt(12345))
+			pub, _ := jwk.FromRaw(&rsa.PublicKey{N: n, E: 65537})
+			f.keys.mu.Lock()
+			f.keys.keys["huge"] = pub
+			f.keys.mu.Unlock()
+			h := tokenHeader()
+			h["kid"] = "huge"
+			tok := sign(t, h, f.tokenClaims(), issuerPriv)
+			return f.request(tok, f.proof(tok, nil))
+		}, kind: InvalidToken, reason: "token_alg"},
 		{name: "RS256 header naming the issuer's EC key", req: func(f *fixture) Request {
 			h := tokenHeader()
 			h["kid"] = "EC1"

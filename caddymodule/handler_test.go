@@ -270,6 +270,18 @@ func TestServeHTTPInsufficientScopeWithoutScopes(t *testing.T) {
 	}
 }
 
+// expr is a provisioned expression matcher, as handle_errors <codes> makes.
+func expr(t *testing.T, e string) caddyhttp.MatcherSets {
+	t.Helper()
+	m := &caddyhttp.MatchExpression{Expr: e}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := m.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return caddyhttp.MatcherSets{caddyhttp.MatcherSet{m}}
+}
+
 func TestServeHTTPErrorRoutes(t *testing.T) {
 	respond := func() caddyhttp.MiddlewareHandler { return &caddyhttp.StaticResponse{} }
 	host := func(h string) caddyhttp.MatcherSets {
@@ -288,6 +300,16 @@ func TestServeHTTPErrorRoutes(t *testing.T) {
 		{"another site's handle_errors", caddyhttp.RouteList{{MatcherSets: host("other.example"), Handlers: []caddyhttp.MiddlewareHandler{respond()}}}, false},
 		{"this site's, for other requests only", caddyhttp.RouteList{{MatcherSets: host("example.com"), Handlers: []caddyhttp.MiddlewareHandler{sub(caddyhttp.Route{MatcherSets: host("nope.example"), Handlers: []caddyhttp.MiddlewareHandler{respond()}})}}}, false},
 		{"a route without handlers", caddyhttp.RouteList{{}}, false},
+		{"handle_errors 4xx (an expression on the error)", caddyhttp.RouteList{{MatcherSets: expr(t, "{http.error.status_code} >= 400 && {http.error.status_code} <= 499"), Handlers: []caddyhttp.MiddlewareHandler{respond()}}}, true},
+		{"handle_errors 5xx", caddyhttp.RouteList{{MatcherSets: expr(t, "{http.error.status_code} >= 500"), Handlers: []caddyhttp.MiddlewareHandler{respond()}}}, false},
+		{"a terminal route that does not answer stops the list", caddyhttp.RouteList{
+			{MatcherSets: host("example.com"), Terminal: true, Handlers: []caddyhttp.MiddlewareHandler{sub(caddyhttp.Route{MatcherSets: host("nope.example"), Handlers: []caddyhttp.MiddlewareHandler{respond()}})}},
+			{Handlers: []caddyhttp.MiddlewareHandler{respond()}},
+		}, false},
+		{"a route that does not answer passes on", caddyhttp.RouteList{
+			{MatcherSets: host("example.com"), Handlers: []caddyhttp.MiddlewareHandler{sub(caddyhttp.Route{MatcherSets: host("nope.example"), Handlers: []caddyhttp.MiddlewareHandler{respond()}})}},
+			{Handlers: []caddyhttp.MiddlewareHandler{respond()}},
+		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newHandlerFixture(t, nil)

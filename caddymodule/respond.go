@@ -116,9 +116,10 @@ type problem struct {
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error) error {
 	st := status(derr.Kind)
 	h.setChallenge(w.Header(), derr)
-	herr := caddyhttp.Error(st, derr)
-	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && errorRoutesAnswer(srv, r, herr) {
-		return herr
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		if herr := caddyhttp.Error(st, derr); errorRoutesAnswer(srv, r, herr) {
+			return herr
+		}
 	}
 	code := errorCode(derr)
 	body, err := json.Marshal(problem{
@@ -129,7 +130,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 		Error:  code,
 	})
 	if err != nil {
-		return herr
+		return caddyhttp.Error(st, derr)
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -145,9 +146,6 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 // body of another site on the same listener; so the routes are matched as
 // Caddy will run them, with the error in the request.
 func errorRoutesAnswer(srv *caddyhttp.Server, r *http.Request, err error) bool {
-	if srv.Errors == nil || len(srv.Errors.Routes) == 0 {
-		return false
-	}
 	if _, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		r = srv.Errors.WithError(r, err) // http.error.* for expression matchers
 	}
