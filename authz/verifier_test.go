@@ -2,12 +2,10 @@ package authz
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"encoding/base64"
 	"encoding/json"
 	"math/big"
 	"strings"
@@ -539,11 +537,7 @@ func rsaProof(t *testing.T, f *fixture, pub *rsa.PublicKey, priv *rsa.PrivateKey
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp, err := k.Thumbprint(crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := f.token(func(h, c map[string]any) { c["cnf"] = map[string]any{"jkt": base64.RawURLEncoding.EncodeToString(tp)} })
+	tok := f.token(func(h, c map[string]any) { c["cnf"] = map[string]any{"jkt": thumbprint(t, pub)} })
 	h, c := f.proofParts(tok)
 	h["jwk"], h["alg"] = k, "PS256"
 	return f.request(tok, sign(t, h, c, priv))

@@ -170,15 +170,7 @@ func TestRedisReplayCanceledCaller(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	var leaderErr error
 	wg.Go(func() { _, leaderErr = s.FirstUse(ctx, "leader", ttl) })
-	for {
-		s.mu.Lock()
-		n := len(s.queue)
-		s.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitQueued(s, 1)
 	var others atomic.Int32
 	for i := range 10 {
 		wg.Go(func() {
@@ -187,15 +179,7 @@ func TestRedisReplayCanceledCaller(t *testing.T) {
 			}
 		})
 	}
-	for {
-		s.mu.Lock()
-		n := len(s.queue)
-		s.mu.Unlock()
-		if n == 11 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitQueued(s, 11)
 	cancel()
 	close(hook.open)
 	wg.Wait()
@@ -218,17 +202,7 @@ func TestRedisReplayAbandonedWaiter(t *testing.T) {
 	for !hook.first.Load() {
 		time.Sleep(time.Millisecond)
 	}
-	queued := func(n int) {
-		for {
-			s.mu.Lock()
-			q := len(s.queue)
-			s.mu.Unlock()
-			if q == n {
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
+	queued := func(n int) { waitQueued(s, n) }
 	ctx, cancel := context.WithCancel(t.Context())
 	left := make(chan error, 1)
 	go func() { _, err := s.FirstUse(ctx, "leaves", ttl); left <- err }()
@@ -324,5 +298,18 @@ func TestRedisReplayHalfOpenProbeAlone(t *testing.T) {
 	close(hook.open)
 	if err := <-probe; err != nil {
 		t.Fatalf("the probe: %v", err)
+	}
+}
+
+// waitQueued waits until n calls wait in s's queue.
+func waitQueued(s *RedisReplay, n int) {
+	for {
+		s.mu.Lock()
+		q := len(s.queue)
+		s.mu.Unlock()
+		if q == n {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
