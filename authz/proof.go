@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -17,6 +18,12 @@ const MaxProofSize = 8 << 10
 // maxSignatureSize is the longest signature of an accepted proof key: RSA
 // of maxProofRSABits.
 const maxSignatureSize = maxProofRSABits / 8
+
+// sigBuffers holds the buffers proof signatures are decoded into. The
+// verifiers only read a signature while Verify runs (jwx copies it into big
+// integers or hands it to crypto/rsa), so a buffer goes back once Verify has
+// returned, instead of one 512-byte allocation per proof.
+var sigBuffers = sync.Pool{New: func() any { return new([maxSignatureSize]byte) }}
 
 // proofTarget is what a proof must be bound to: the request and the token.
 type proofTarget struct {
@@ -61,12 +68,13 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	if base64.RawURLEncoding.DecodedLen(len(sigSeg)) > maxSignatureSize {
 		return checkedProof{}, deny(InvalidProof, "proof_malformed", "the DPoP proof signature is too long")
 	}
-	sig := make([]byte, maxSignatureSize)
-	n, err := base64.RawURLEncoding.Decode(sig, readOnlyBytes(sigSeg))
+	sigBuf := sigBuffers.Get().(*[maxSignatureSize]byte)
+	defer sigBuffers.Put(sigBuf)
+	n, err := base64.RawURLEncoding.Decode(sigBuf[:], readOnlyBytes(sigSeg))
 	if err != nil {
 		return checkedProof{}, denyErr(InvalidProof, "proof_malformed", "the DPoP proof is not a valid JWS", err)
 	}
-	input, sig := readOnlyBytes(signed), sig[:n]
+	input, sig := readOnlyBytes(signed), sigBuf[:n]
 
 	var small [512]byte
 	payload := small[:0]

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"math/big"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -598,3 +600,61 @@ func TestNoSecretsInErrors(t *testing.T) {
 }
 
 var _ = jwa.RS256
+
+// TestProofSignaturesConcurrently verifies ES256 and PS256 proofs, good ones
+// and ones with a changed signature, from several goroutines at once: the
+// proof path shares state between requests (the header cache, the pooled
+// signature buffers), and each proof must still be judged on its own
+// signature, whatever is verified beside it.
+func TestProofSignaturesConcurrently(t *testing.T) {
+	f := newFixture(t, nil)
+	type proofCase struct {
+		r  Request
+		ok bool
+	}
+	var cases []proofCase
+	tok := f.token(nil)
+	for range 40 {
+		cases = append(cases, proofCase{f.request(tok, f.proof(tok, nil)), true})
+		bad := f.request(tok, f.proof(tok, nil))
+		bad.DPoP = []string{otherSignature(t, bad.DPoP[0])}
+		cases = append(cases, proofCase{bad, false})
+		cases = append(cases, proofCase{rsaProof(t, f, &otherRSA.PublicKey, otherRSA), true})
+	}
+	errs := make([]*Error, len(cases))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(cases); i = int(next.Add(1) - 1) {
+				_, errs[i] = f.v.Verify(context.Background(), cases[i].r)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, c := range cases {
+		switch {
+		case c.ok && errs[i] != nil:
+			t.Errorf("case %d: a good proof was denied: %v", i, errs[i])
+		case !c.ok && (errs[i] == nil || errs[i].Reason != "proof_signature"):
+			t.Errorf("case %d: a proof with a changed signature: want proof_signature, got %v", i, errs[i])
+		}
+	}
+}
+
+// otherSignature returns proof with the first character of its signature
+// segment changed.
+func otherSignature(t *testing.T, proof string) string {
+	t.Helper()
+	i := strings.LastIndexByte(proof, '.') + 1
+	if i == 0 || i == len(proof) {
+		t.Fatalf("not a compact JWS: %q", proof)
+	}
+	c := byte('A')
+	if proof[i] == 'A' {
+		c = 'B'
+	}
+	return proof[:i] + string(c) + proof[i+1:]
+}
