@@ -13,7 +13,7 @@ var tableHeader = []string{
 	"configuration",
 	"plain req/s", "gateway req/s", "gateway/plain",
 	"plain p50 ms", "plain p99 ms", "gateway p50 ms", "gateway p99 ms",
-	"plain CPU µs/req", "gateway CPU µs/req", "added CPU µs/req",
+	"plain CPU µs/req", "gateway CPU µs/req", "added CPU µs/req", "added min–max",
 	"verify floor µs", "added/floor",
 }
 
@@ -39,6 +39,7 @@ func writeTable(w io.Writer, rows []summary) {
 			fmt.Sprintf("%.0f", s.plainRPS), fmt.Sprintf("%.0f", s.gwRPS), fmt.Sprintf("%.2f", s.throughputRatio),
 			ms(s.plainP50), ms(s.plainP99), ms(s.gwP50), ms(s.gwP99),
 			fmt.Sprintf("%.1f", s.plainCPU), fmt.Sprintf("%.1f", s.gwCPU), fmt.Sprintf("%.1f", s.addedCPU),
+			fmt.Sprintf("%.0f–%.0f", s.addedMin, s.addedMax),
 			floor, ratio,
 		})
 	}
@@ -138,7 +139,8 @@ func writeTargets(w io.Writer, ts []target) {
 // ES256 ratio line. It reports whether a configuration is flagged.
 func writeReport(w io.Writer, rows []summary, busyRuns int) (flagged bool) {
 	fmt.Fprintln(w, "CPU = helsegate utime+stime (/proc/<pid>/stat) over a run ÷ its requests; added = median over pairs of gateway − plain;")
-	fmt.Fprintln(w, "verify floor = one proof signature verification in-process; every column is a median over the pairs.")
+	fmt.Fprintln(w, "verify floor = one proof signature verification in-process; every column is a median over the pairs,")
+	fmt.Fprintln(w, "but added min–max: the smallest and largest gateway − plain of a pair, the spread the median is taken from.")
 	fmt.Fprintln(w)
 	writeTable(w, rows)
 	fmt.Fprintln(w)

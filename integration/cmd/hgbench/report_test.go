@@ -11,7 +11,7 @@ func TestWriteTable(t *testing.T) {
 	rows := []summary{
 		{name: "ES256", plainRPS: 9000, gwRPS: 4500, throughputRatio: 0.5, plainP50: 2500 * time.Microsecond,
 			plainP99: 9 * time.Millisecond, gwP50: 6 * time.Millisecond, gwP99: 15 * time.Millisecond,
-			plainCPU: 80, gwCPU: 158, addedCPU: 78, floor: 60},
+			plainCPU: 80, gwCPU: 158, addedCPU: 78, addedMin: 70.4, addedMax: 91.6, floor: 60},
 		{name: bearerName, plainRPS: 9000, gwRPS: 8000, throughputRatio: 0.89, plainCPU: 80, gwCPU: 92, addedCPU: 12, errors: 3},
 	}
 	var b bytes.Buffer
@@ -33,13 +33,13 @@ func TestWriteTable(t *testing.T) {
 		}
 	}
 	cells := strings.Split(lines[2], "|")
-	for i, want := range []string{"ES256", "9000", "4500", "0.50", "2.50", "9.00", "6.00", "15.00", "80.0", "158.0", "78.0", "60.0", "1.30"} {
+	for i, want := range []string{"ES256", "9000", "4500", "0.50", "2.50", "9.00", "6.00", "15.00", "80.0", "158.0", "78.0", "70–92", "60.0", "1.30"} {
 		if got := strings.TrimSpace(cells[i+1]); got != want {
 			t.Errorf("ES256 column %q = %q, want %q", tableHeader[i], got, want)
 		}
 	}
 	bearer := strings.Split(lines[3], "|")
-	if strings.TrimSpace(bearer[1]) != bearerName+" !" || strings.TrimSpace(bearer[12]) != "–" || strings.TrimSpace(bearer[13]) != "–" {
+	if strings.TrimSpace(bearer[1]) != bearerName+" !" || strings.TrimSpace(bearer[13]) != "–" || strings.TrimSpace(bearer[14]) != "–" {
 		t.Errorf("bearer row: want the ! flag and – for the floor and the ratio: %q", lines[3])
 	}
 	if !strings.HasPrefix(lines[4], "! ") {

@@ -80,6 +80,7 @@ type summary struct {
 	gwP50, gwP99       time.Duration
 	plainCPU, gwCPU    float64 // µs/request
 	addedCPU           float64 // median over pairs of (gateway - plain) µs/request
+	addedMin, addedMax float64 // the smallest and largest of those
 	floor              float64 // µs per proof verification; 0 when not applicable
 	throughputRatio    float64 // median over pairs of gateway/plain requests/s
 	errors             int     // over every run of the configuration
@@ -115,6 +116,9 @@ func summarize(name string, pairs []pairStats) summary {
 	s.plainRPS, s.gwRPS = median(pr), median(gr)
 	s.plainCPU, s.gwCPU = median(pc), median(gc)
 	s.addedCPU, s.throughputRatio = median(added), median(ratio)
+	if len(added) > 0 {
+		s.addedMin, s.addedMax = slices.Min(added), slices.Max(added)
+	}
 	s.plainP50, s.plainP99 = medianDuration(p50p), medianDuration(p99p)
 	s.gwP50, s.gwP99 = medianDuration(p50g), medianDuration(p99g)
 	return s

@@ -94,6 +94,9 @@ func TestSummarize(t *testing.T) {
 	if s.addedCPU != 120 {
 		t.Errorf("addedCPU = %v, want 120", s.addedCPU)
 	}
+	if s.addedMin != 120 || s.addedMax != 170 {
+		t.Errorf("added min–max = %v–%v, want 120–170", s.addedMin, s.addedMax)
+	}
 	// Per-pair ratios 0.5, 0.3636, 0.5: median 0.5.
 	if s.throughputRatio != 0.5 {
 		t.Errorf("throughputRatio = %v, want 0.5", s.throughputRatio)
