@@ -37,7 +37,8 @@
 // CPUs, and a timed run disturbed by them shows ("others") and is warned
 // about under the table.
 //
-// It prints one line per run, a Markdown table of medians over the pairs,
+// It prints one line per run, a Markdown table of medians over the pairs
+// (with the smallest and largest added CPU of a pair beside its median),
 // the goals of issue 6, and last:
 //
 //	added_cpu_per_request/verify_floor = X (ES256)
