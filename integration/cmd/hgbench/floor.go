@@ -15,7 +15,7 @@ import (
 // Bounds of one verify-floor measurement.
 const (
 	floorRounds    = 3
-	floorRoundTime = 200 * time.Millisecond
+	floorRoundTime = 100 * time.Millisecond
 	floorMaxIters  = 100_000
 )
 

@@ -51,7 +51,7 @@
 //
 // Usage:
 //
-//	hgbench [-bin bin/helsegate] [-conns 32] [-pairs 5] [-run 3s]
+//	hgbench [-bin bin/helsegate] [-conns 32] [-pairs 12] [-run 1s]
 //	        [-redis host:port] [-configs ES256,PS256,RS256,bearer]
 //	        [-cpuprofile es256.pprof [-cpuprofile-seconds 10]] [-keep]
 //	        [-quiet-wait 60s] [-timeout 15m]
@@ -98,8 +98,8 @@ func main() {
 	var configs string
 	flag.StringVar(&o.bin, "bin", "bin/helsegate", "the helsegate binary to measure")
 	flag.IntVar(&o.conns, "conns", 32, "keep-alive connections (the concurrency of every run)")
-	flag.IntVar(&o.pairs, "pairs", 5, "plain/gateway pairs per configuration")
-	flag.DurationVar(&o.runTime, "run", 3*time.Second, "target duration of one timed run")
+	flag.IntVar(&o.pairs, "pairs", 12, "plain/gateway pairs per configuration (many short pairs: a median of more pairs, and slow drifts of the machine cancel within each)")
+	flag.DurationVar(&o.runTime, "run", time.Second, "target duration of one timed run")
 	flag.IntVar(&o.maxRequests, "max-requests", 200_000, "upper bound on the requests of one run")
 	flag.StringVar(&o.redisAddr, "redis", redisDefault, "Redis host:port (default $HELSEGATE_TEST_REDIS or 127.0.0.1:6379)")
 	flag.BoolVar(&o.startRedis, "start-redis", true, "start redis-server on a free port when none answers at -redis")
