@@ -114,6 +114,12 @@ func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
 		nPlain, nGw = size(plain.rps()), size(gw.rps())
 	}
 
+	var loaded float64
+	if floor != nil {
+		if loaded, err = b.floorUnderLoad(ctx, s, floor, nGw); err != nil {
+			return summary{}, err
+		}
+	}
 	if s.profiled && b.o.profilePath != "" {
 		if err := b.profile(ctx, s, nGw); err != nil {
 			return summary{}, err
@@ -121,7 +127,42 @@ func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
 	}
 	sum := summarize(s.name, pairs)
 	sum.errors += replayProblems
+	sum.loadedFloor = loaded
 	return sum, nil
+}
+
+// floorUnderLoad measures the verify floor again beside one more, untimed
+// run of n requests on the gateway site (the table's runs are not disturbed
+// by it): what one verification costs while the two vCPUs are as busy as in
+// a gateway run.
+func (b *bench) floorUnderLoad(ctx context.Context, s *scenario, floor *floorProof, n int) (float64, error) {
+	reqs, err := s.requests(ctx, n)
+	if err != nil {
+		return 0, err
+	}
+	done := make(chan struct{})
+	type answer struct {
+		us  float64
+		err error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		us, err := floor.measureUnderLoad(done)
+		got <- answer{us, err}
+	}()
+	r, err := load{addr: s.site, reqs: reqs, n: n, conns: b.o.conns, deadline: b.o.runTime * runDeadlineFactor}.run(ctx)
+	close(done)
+	a := <-got
+	switch {
+	case err != nil:
+		return 0, err
+	case r.errors() > 0:
+		return 0, fmt.Errorf("the run beside the verify floor under load: %s; first: %s", r.describeErrors(), r.sample)
+	case a.err != nil:
+		return 0, a.err
+	}
+	fmt.Printf("    verify floor under load %s: %.1f µs (thread CPU time, batches of %d beside an untimed gateway run of %d requests)\n", s.alg, a.us, floorLoadBatch, r.done)
+	return a.us, nil
 }
 
 // timed does one measured run of n requests and prints its line.

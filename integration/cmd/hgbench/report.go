@@ -79,6 +79,22 @@ func writeTable(w io.Writer, rows []summary) {
 	}
 }
 
+// writeLoadedFloors prints, under the table, the verify floor measured
+// beside a gateway run and the ratio against it, for the rows that have one.
+// The goals are checked against the idle floor of the table.
+func writeLoadedFloors(w io.Writer, rows []summary) {
+	var parts []string
+	for _, s := range rows {
+		if s.loadedFloor > 0 && s.floor > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.1f µs (%.2f× idle; added/it %.2f)",
+				s.name, s.loadedFloor, s.loadedFloor/s.floor, s.addedCPU/s.loadedFloor))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(w, "verify floor under load (thread CPU time of one verification beside an untimed gateway run; the goals use the idle floor): %s\n", strings.Join(parts, ", "))
+	}
+}
+
 // ms formats a duration in milliseconds with two decimals.
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond))
@@ -143,6 +159,7 @@ func writeReport(w io.Writer, rows []summary, busyRuns int) (flagged bool) {
 	fmt.Fprintln(w, "but added min–max: the smallest and largest gateway − plain of a pair, the spread the median is taken from.")
 	fmt.Fprintln(w)
 	writeTable(w, rows)
+	writeLoadedFloors(w, rows)
 	fmt.Fprintln(w)
 	writeTargets(w, targets(rows))
 	es256 := summary{name: "ES256"}

@@ -78,7 +78,7 @@ func TestTargetsAndRatioLine(t *testing.T) {
 
 func TestWriteReportEndsWithTheRatio(t *testing.T) {
 	rows := []summary{
-		{name: "ES256", addedCPU: 120, floor: 60, errors: 2},
+		{name: "ES256", addedCPU: 120, floor: 60, loadedFloor: 90, errors: 2},
 		{name: bearerName, addedCPU: 20},
 	}
 	var b bytes.Buffer
@@ -86,7 +86,8 @@ func TestWriteReportEndsWithTheRatio(t *testing.T) {
 		t.Error("a configuration with errors is not flagged")
 	}
 	out := b.String()
-	for _, want := range []string{"| ES256 ! ", "warning: in 3 timed runs", errFlagged.Error()} {
+	for _, want := range []string{"| ES256 ! ", "warning: in 3 timed runs", errFlagged.Error(),
+		"verify floor under load", "ES256 90.0 µs (1.50× idle; added/it 1.33)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}

@@ -82,6 +82,7 @@ type summary struct {
 	addedCPU           float64 // median over pairs of (gateway - plain) µs/request
 	addedMin, addedMax float64 // the smallest and largest of those
 	floor              float64 // µs per proof verification; 0 when not applicable
+	loadedFloor        float64 // the same beside a gateway run (thread CPU time); 0 when not measured
 	throughputRatio    float64 // median over pairs of gateway/plain requests/s
 	errors             int     // over every run of the configuration
 }
