@@ -32,7 +32,9 @@
 // gateway process's utime+stime from /proc/<pid>/stat before and after each
 // run. After each pair, with the gateway idle, it measures the "verify
 // floor": one jws.NewVerifier(alg).Verify of a proof, in-process, on one
-// goroutine. It also reads the machine's busy time from /proc/stat: before
+// goroutine; after the pairs it measures that floor once more, by the
+// verifying thread's CPU clock, beside an extra, untimed gateway run (shown
+// under the table; the goals use the idle floor). It also reads the machine's busy time from /proc/stat: before
 // a pair it waits (up to -quiet-wait in all) while other processes use the
 // CPUs, and a timed run disturbed by them shows ("others") and is warned
 // about under the table.
