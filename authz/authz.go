@@ -10,6 +10,7 @@ package authz
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -33,6 +34,16 @@ var SystemClock Clock = ClockFunc(time.Now)
 type ReplayStore interface {
 	// FirstUse atomically records key for ttl. It reports true when the key was
 	// not recorded before (the proof is fresh) and false when it was (a replay).
-	// An error means the store could not answer; the caller denies.
-	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// issuedAt is the proof's iat: a store that may have lost records (a
+	// restarted or failed-over Redis) cannot vouch for a proof issued before
+	// the loss, and refuses it with an error wrapping ErrStoreRecovering.
+	// Any error means the store could not answer; the caller denies.
+	FirstUse(ctx context.Context, key string, issuedAt time.Time, ttl time.Duration) (bool, error)
 }
+
+// ErrStoreRecovering is wrapped by a ReplayStore error when the store cannot
+// tell whether a proof was used before: its shared records may have been lost
+// (or it cannot reach them) and the proof was issued before that moment.
+// The request is denied as a temporary condition (503), not as a bad proof:
+// a client that signs a fresh proof a moment later is accepted.
+var ErrStoreRecovering = errors.New("the replay store may have lost records older than this proof")

@@ -82,7 +82,7 @@ type memReplay struct {
 	err  error
 }
 
-func (m *memReplay) FirstUse(_ context.Context, key string, ttl time.Duration) (bool, error) {
+func (m *memReplay) FirstUse(_ context.Context, key string, _ time.Time, ttl time.Duration) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.err != nil {

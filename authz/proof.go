@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -156,7 +157,7 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	// Replay (RFC 9449 §11.1): the jti, scoped by the key, is seen once in the
 	// whole acceptance window. Checked last so that invalid proofs fill nothing.
 	rctx, span := startSpan(ctx, SpanReplay)
-	fresh, err := v.replay.FirstUse(rctx, replayKey(ph.jkt, c.JTI.V), v.replayTTL)
+	fresh, err := v.replay.FirstUse(rctx, replayKey(ph.jkt, c.JTI.V), c.IAT, v.replayTTL)
 	if span != nil {
 		result := "fresh"
 		switch {
@@ -169,6 +170,9 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	}
 	if err != nil {
 		derr := denyErr(Unavailable, "replay_store_unavailable", "the replay store is unavailable", err)
+		if errors.Is(err, ErrStoreRecovering) {
+			derr = denyErr(Unavailable, "replay_store_recovering", "the replay store is unavailable", err)
+		}
 		endSpan(span, derr)
 		return checkedProof{}, derr
 	}

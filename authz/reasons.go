@@ -71,6 +71,7 @@ func DenialReasons() []ReasonInfo {
 		{"proof_ath", InvalidProof, "ath is not the hash of the access token"},
 		{"proof_jkt", InvalidProof, "the proof key is not the key the token is bound to"},
 		{"replay_store_unavailable", Unavailable, "the replay store could not answer (Redis down with on_store_error deny, or the in-process store full)"},
+		{"replay_store_recovering", Unavailable, "the shared replay store may have lost records (a restart, failover or flush, or an outage under on_store_error local) and the proof was issued before that moment"},
 		{"proof_replay", InvalidProof, "the proof was used before"},
 		// 4. Token kind and user policy.
 		{"token_kind", InsufficientScope, "a machine token where token_kind user is required, or the reverse"},

@@ -125,6 +125,16 @@ func (h *argsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	}
 }
 
+// lastPipe returns the arguments of the commands of the last pipeline.
+func (h *argsHook) lastPipe() [][]any {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.pipes) == 0 {
+		return [][]any{{}}
+	}
+	return h.pipes[len(h.pipes)-1]
+}
+
 // lastNamed returns the arguments of the last command called name.
 func (h *argsHook) lastNamed(name string) []any {
 	h.mu.Lock()

@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/helsegate/helsegate/authz"
 )
@@ -22,11 +19,11 @@ const DefaultLocalReplayEntries = 100_000
 // DefaultRedisTimeout bounds one Redis call of a RedisReplay.
 const DefaultRedisTimeout = 250 * time.Millisecond
 
-// Fallback modes of NewFallbackReplay (the on_store_error option).
+// Modes of NewTieredReplay (the on_store_error option).
 const (
-	// FallbackLocal answers from the in-process store while the primary fails.
+	// FallbackLocal answers from the in-process tier while Redis fails.
 	FallbackLocal = "local"
-	// FallbackDeny returns the primary's error: the request is denied.
+	// FallbackDeny returns Redis's error: the request is denied.
 	FallbackDeny = "deny"
 )
 
@@ -38,7 +35,7 @@ var ErrReplayStoreFull = errors.New("cache: local replay store is full of live e
 var (
 	_ authz.ReplayStore = (*LocalReplay)(nil)
 	_ authz.ReplayStore = (*RedisReplay)(nil)
-	_ authz.ReplayStore = (*FallbackReplay)(nil)
+	_ authz.ReplayStore = (*TieredReplay)(nil)
 )
 
 // errBadTTL is returned for a ttl a store cannot keep.
@@ -111,8 +108,9 @@ func NewLocalReplay(maxEntries int, clock authz.Clock) *LocalReplay {
 
 // FirstUse records key until clock.Now()+ttl and reports whether it was not
 // already recorded. It fails with ErrReplayStoreFull when the key is new and
-// its shard is full of live entries, and for a ttl under 1ms. ctx is unused.
-func (s *LocalReplay) FirstUse(_ context.Context, key string, ttl time.Duration) (bool, error) {
+// its shard is full of live entries, and for a ttl under 1ms. ctx and the
+// proof's issue time are unused: this store forgets nothing it should keep.
+func (s *LocalReplay) FirstUse(_ context.Context, key string, _ time.Time, ttl time.Duration) (bool, error) {
 	if ttl < time.Millisecond {
 		return false, errBadTTL(ttl)
 	}
@@ -170,259 +168,79 @@ func (sh *replayShard) sweep(now time.Time) bool {
 	return len(sh.m) < before
 }
 
-// RedisReplay is a replay store shared by every replica through Redis. Each
-// FirstUse is a single `SET <prefix>v1:dpop:<key> 1 PX <ttl> NX`, atomic on a
-// single server, on Sentinel and on Cluster, run through a Breaker so that
-// while Redis is down calls fail at once.
+// TieredReplay is the replay store of a gateway with Redis: an in-process
+// tier in front of a shared one.
 //
-// Calls that arrive while one is waiting for Redis are sent together, as one
-// pipeline, when it returns (the requests of a busy gateway then share the
-// system calls of a round trip instead of each paying its own). Nothing waits
-// to fill a batch: a call on an idle store goes out at once, alone.
-type RedisReplay struct {
-	client  redis.UniversalClient
-	prefix  string
-	breaker *Breaker
-	timeout time.Duration
-
-	mu      sync.Mutex
-	queue   []*replayCall // calls waiting for the next batch
-	sending bool          // a batch is out; its sender hands over to queue[0]
-}
-
-// replayCall is one FirstUse waiting for its batch.
-type replayCall struct {
-	cmd   *redis.BoolCmd
-	err   error     // the batch's error when its commands never ran (breaker open)
-	turn  chan bool // true: send the next batch; false: cmd (or err) has the answer
-	state atomic.Int32
-}
-
-// States of a replayCall in the queue: a waiting call may be abandoned by
-// its caller (its request ended) until a sender hands it the next batch.
-const (
-	callWaiting int32 = iota
-	callHanded
-	callAbandoned
-)
-
-// NewRedisReplay returns a RedisReplay that writes under prefix (pass
-// RedisConfig.Prefix()), through br (nil: no breaker), with timeout per call
-// (DefaultRedisTimeout when <= 0). It does no network I/O.
-func NewRedisReplay(client redis.UniversalClient, prefix string, br *Breaker, timeout time.Duration) *RedisReplay {
-	if timeout <= 0 {
-		timeout = DefaultRedisTimeout
-	}
-	return &RedisReplay{client: client, prefix: prefix, breaker: br, timeout: timeout}
-}
-
-// FirstUse records key in Redis for ttl (rounded up to whole milliseconds)
-// and reports whether it was not already there. An error means Redis did not
-// answer in time, refused, or the breaker is open (errors.Is ErrBreakerOpen).
-func (r *RedisReplay) FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	if ttl < time.Millisecond {
-		return false, errBadTTL(ttl)
-	}
-	ms := int64((ttl + time.Millisecond - 1) / time.Millisecond)
-	// Built by hand: client.SetNX sends EX, not PX, when ttl is a whole
-	// number of seconds. A BoolCmd reads the nil reply of a refused SET NX
-	// as false.
-	cmd := redis.NewBoolCmd(ctx, "set", r.prefix+"v1:dpop:"+key, "1", "px", ms, "nx")
-	if r.breaker.State() != "closed" {
-		// Open: fail at once, queueing behind nobody. Half-open: the
-		// breaker lets one probe through and refuses the rest at once.
-		return r.firstUseAlone(ctx, cmd)
-	}
-	call := &replayCall{cmd: cmd, turn: make(chan bool, 1)}
-	r.mu.Lock()
-	r.queue = append(r.queue, call)
-	lead := !r.sending
-	r.sending = true
-	r.mu.Unlock()
-	// Wait for the batch in flight: it answers this call (false), or this
-	// call sends the next one (true). A caller whose request ends leaves,
-	// unless the next batch was handed to it already (then it is on its way).
-	if !lead {
-		select {
-		case lead = <-call.turn:
-		case <-ctx.Done():
-			if call.state.CompareAndSwap(callWaiting, callAbandoned) {
-				return false, fmt.Errorf("cache: redis replay store: %w", ctx.Err())
-			}
-			lead = <-call.turn
-		}
-	}
-	if lead {
-		r.sendBatch(ctx, call)
-	}
-	err := call.err
-	if err == nil {
-		var fresh bool
-		if fresh, err = call.cmd.Result(); err == nil {
-			return fresh, nil
-		}
-	}
-	return false, fmt.Errorf("cache: redis replay store: %w", err)
-}
-
-// firstUseAlone sends one SET NX on its own through the breaker.
-func (r *RedisReplay) firstUseAlone(ctx context.Context, cmd *redis.BoolCmd) (bool, error) {
-	err := r.breaker.Do(ctx, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, r.timeout)
-		defer cancel()
-		return r.client.Process(ctx, cmd)
-	})
-	if err == nil {
-		var fresh bool
-		if fresh, err = cmd.Result(); err == nil {
-			return fresh, nil
-		}
-	}
-	return false, fmt.Errorf("cache: redis replay store: %w", err)
-}
-
-// maxReplayBatch bounds the calls sent in one pipeline.
-const maxReplayBatch = 512
-
-// errBatchAbandoned is the answer of the calls of a batch whose sender
-// panicked: they are released with an error rather than left waiting.
-var errBatchAbandoned = errors.New("the batch carrying this call was abandoned")
-
-// sendBatch sends the queued calls (own first among them) in one round trip,
-// through the breaker, then hands the next batch to the first call queued
-// meanwhile, or marks the store idle.
-func (r *RedisReplay) sendBatch(ctx context.Context, own *replayCall) {
-	r.mu.Lock()
-	n := min(len(r.queue), maxReplayBatch)
-	batch := make([]*replayCall, 0, n)
-	for _, c := range r.queue[:n] {
-		if c == own || c.state.Load() != callAbandoned {
-			batch = append(batch, c)
-		}
-	}
-	r.queue = append(r.queue[:0], r.queue[n:]...)
-	r.mu.Unlock()
-
-	done := false
-	defer func() {
-		if !done { // a panic: release everyone, then let it go on
-			for _, c := range batch {
-				c.err = errBatchAbandoned
-			}
-		}
-		r.release(batch, own)
-	}()
-	ran := false
-	err := r.breaker.Do(r.batchContext(ctx, len(batch)), func(ctx context.Context) error {
-		ran = true
-		ctx, cancel := context.WithTimeout(ctx, r.timeout)
-		defer cancel()
-		if len(batch) == 1 {
-			return r.client.Process(ctx, batch[0].cmd)
-		}
-		pipe := r.client.Pipeline()
-		for _, c := range batch {
-			_ = pipe.Process(ctx, c.cmd)
-		}
-		_, err := pipe.Exec(ctx)
-		return err
-	})
-	var reply redis.Error
-	wholeBatch := err != nil && (!ran || !errors.As(err, &reply))
-	for _, c := range batch {
-		// A command has its own answer, or the error of a batch that never
-		// ran (breaker open) or failed as a whole (timeout, connection).
-		// A server error reply concerns its own command only.
-		if wholeBatch && c.cmd.Err() == nil {
-			c.err = err
-		}
-	}
-	done = true
-}
-
-// release wakes the callers of a sent batch with their answers, and hands
-// the next batch to the first call queued meanwhile, or marks the store idle.
-func (r *RedisReplay) release(batch []*replayCall, own *replayCall) {
-	for _, c := range batch {
-		if c != own {
-			c.turn <- false
-		}
-	}
-	r.mu.Lock()
-	for len(r.queue) > 0 {
-		next := r.queue[0]
-		if next.state.CompareAndSwap(callWaiting, callHanded) {
-			r.mu.Unlock()
-			next.turn <- true
-			return
-		}
-		r.queue = append(r.queue[:0], r.queue[1:]...) // abandoned: its caller left
-	}
-	r.sending = false
-	r.mu.Unlock()
-}
-
-// batchContext is the context a batch is sent under: the sender's own for a
-// batch of one (its cancellation ends the call, as without batching), and
-// for a batch of several the sender's values without its cancellation: the
-// other callers' requests must not fail because the sender's went away.
-func (r *RedisReplay) batchContext(ctx context.Context, n int) context.Context {
-	if n == 1 {
-		return ctx
-	}
-	return context.WithoutCancel(ctx)
-}
-
-// FallbackReplay answers from a primary store (Redis) and, in mode
-// FallbackLocal, from an in-process store while the primary fails.
+// Every proof is recorded in the in-process tier first, whatever Redis does:
+// a proof this replica accepted is never accepted by it again, even when the
+// Redis call for its replay timed out or Redis lost its records. A proof the
+// in-process tier has seen is a replay without asking Redis; a new one is
+// then recorded in Redis, which answers for every replica.
 //
-// A proof accepted through the local store during an outage is known to this
-// instance only: it can be replayed once against each other replica, and a
-// proof first used through Redis before the outage can be replayed once here.
-// The window is the proof lifetime. FallbackDeny closes it by denying every
-// request while Redis is down.
-type FallbackReplay struct {
-	primary    authz.ReplayStore
-	local      authz.ReplayStore
+// When Redis cannot answer, the mode decides (the on_store_error option):
+// FallbackDeny denies the request; FallbackLocal accepts it on the in-process
+// tier's word, but only for a proof issued after this replica's Redis began
+// failing (plus the future skew a proof may carry): a proof that could have
+// been accepted through Redis by another replica before the outage is
+// refused (authz.ErrStoreRecovering) rather than accepted again. The window
+// FallbackLocal leaves open is the outage itself: a proof first used during
+// it is known to one replica only, and can be replayed once against each of
+// the others until it expires.
+type TieredReplay struct {
+	local      *LocalReplay
+	shared     authz.ReplayStore
 	deny       bool
 	onFallback func(error)
 }
 
-// NewFallbackReplay returns a FallbackReplay. mode is FallbackLocal (also
-// when empty, the SPEC default) or FallbackDeny; local may be nil only with
-// FallbackDeny. onFallback, when not nil, is called with the primary's error
-// each time the local store answers instead; it runs on the request path and
-// under an outage on every request, so it must be cheap (count, rate-limit
-// the log).
-func NewFallbackReplay(primary, local authz.ReplayStore, mode string, onFallback func(error)) (*FallbackReplay, error) {
-	if primary == nil {
-		return nil, errors.New("cache: fallback replay store needs a primary store")
+// NewTieredReplay returns a TieredReplay. mode is FallbackLocal (also when
+// empty, the default) or FallbackDeny. onFallback, when not nil, is called
+// with the shared store's error each time the local tier answers instead; it
+// runs on the request path and under an outage on every request, so it must
+// be cheap (count, rate-limit the log).
+func NewTieredReplay(local *LocalReplay, shared authz.ReplayStore, mode string, onFallback func(error)) (*TieredReplay, error) {
+	if local == nil || shared == nil {
+		return nil, errors.New("cache: tiered replay store needs a local and a shared store")
 	}
-	switch mode {
-	case FallbackLocal, "":
-		if local == nil {
-			return nil, errors.New("cache: fallback mode local needs a local store")
-		}
-	case FallbackDeny:
-	default:
-		return nil, fmt.Errorf("cache: unknown fallback mode %q (want %s or %s)", mode, FallbackLocal, FallbackDeny)
+	if err := ValidateFallbackMode(mode); err != nil {
+		return nil, err
 	}
-	return &FallbackReplay{primary: primary, local: local, deny: mode == FallbackDeny, onFallback: onFallback}, nil
+	return &TieredReplay{local: local, shared: shared, deny: mode == FallbackDeny, onFallback: onFallback}, nil
 }
 
-// FirstUse asks the primary store; when it fails, it returns the error
-// (FallbackDeny, or the caller's context is done) or asks the local store.
-func (f *FallbackReplay) FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	fresh, err := f.primary.FirstUse(ctx, key, ttl)
-	if err == nil || f.deny || ctx.Err() != nil {
+// ValidateFallbackMode checks an on_store_error value: FallbackLocal,
+// FallbackDeny, or empty (FallbackLocal).
+func ValidateFallbackMode(mode string) error {
+	switch mode {
+	case FallbackLocal, FallbackDeny, "":
+		return nil
+	}
+	return fmt.Errorf("cache: unknown on_store_error mode %q (want %s or %s)", mode, FallbackLocal, FallbackDeny)
+}
+
+// FirstUse records key in the local tier, then in the shared one. See
+// TieredReplay for what happens when the shared store cannot answer.
+func (t *TieredReplay) FirstUse(ctx context.Context, key string, issuedAt time.Time, ttl time.Duration) (bool, error) {
+	fresh, err := t.local.FirstUse(ctx, key, issuedAt, ttl)
+	if err != nil || !fresh {
+		return fresh, err // a replay on this replica, or the local tier is full
+	}
+	fresh, err = t.shared.FirstUse(ctx, key, issuedAt, ttl)
+	if err == nil || t.deny || ctx.Err() != nil || errors.Is(err, authz.ErrStoreRecovering) {
 		return fresh, err
 	}
-	if f.onFallback != nil {
-		f.onFallback(err)
+	// FallbackLocal. Another replica may have accepted this proof through
+	// Redis until Redis began failing: only a proof issued after that (and
+	// its future skew) is certainly new to every replica.
+	var sf *StoreFailure
+	if !errors.As(err, &sf) {
+		return false, err // a failure that says nothing of when Redis began failing
 	}
-	fresh, lerr := f.local.FirstUse(ctx, key, ttl)
-	if lerr != nil {
-		return false, errors.Join(err, lerr)
+	if issuedAt.Before(sf.Floor) {
+		return false, fmt.Errorf("%w (redis failing: %w)", authz.ErrStoreRecovering, err)
 	}
-	return fresh, nil
+	if t.onFallback != nil {
+		t.onFallback(err)
+	}
+	return true, nil
 }

@@ -12,11 +12,12 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// gateHook holds the first command a client sends until open is closed, so
-// that the calls made meanwhile queue behind it; it counts pipelines and the
-// commands they carry.
+// gateHook holds the first command or pipeline a client sends once armed
+// until open is closed, so that the calls made meanwhile queue behind it; it
+// counts pipelines and the commands they carry.
 type gateHook struct {
 	open      chan struct{}
+	armed     atomic.Bool
 	first     atomic.Bool
 	pipelines atomic.Int32
 	piped     atomic.Int32
@@ -27,15 +28,14 @@ func (h *gateHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *gateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.first.CompareAndSwap(false, true) {
-			<-h.open
-		}
+		h.gate()
 		return next(ctx, cmd)
 	}
 }
 
 func (h *gateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.gate()
 		h.pipelines.Add(1)
 		h.piped.Add(int32(len(cmds)))
 		for n := int32(len(cmds)); ; {
@@ -48,13 +48,33 @@ func (h *gateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	}
 }
 
+// gate holds the first command or pipeline sent once the hook is armed.
+func (h *gateHook) gate() {
+	if h.armed.Load() && h.first.CompareAndSwap(false, true) {
+		<-h.open
+	}
+}
+
+// warmGated makes s verify its server (one fresh proof), then arms hook: the
+// next command s sends is held.
+func warmGated(t *testing.T, s *RedisReplay, hook *gateHook) {
+	t.Helper()
+	if ok, err := s.FirstUse(t.Context(), "warm", time.Now(), ttl); err != nil || !ok {
+		t.Fatalf("warm-up: %v %v", ok, err)
+	}
+	hook.pipelines.Store(0)
+	hook.largest.Store(0)
+	hook.armed.Store(true)
+}
+
 // TestRedisReplayBatches: calls made while one is out are sent together in
 // one pipeline, and each gets its own answer: exactly one fresh per key.
 func TestRedisReplayBatches(t *testing.T) {
 	c := testRedis(t)
 	hook := &gateHook{open: make(chan struct{})}
 	c.AddHook(hook)
-	s := NewRedisReplay(c, testPrefix(t, c), NewBreaker("redis"), time.Second)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c), Breaker: NewBreaker("redis"), Timeout: time.Second})
+	warmGated(t, s, hook)
 
 	const callers = 200 // distinct keys, and every key twice
 	var (
@@ -65,7 +85,7 @@ func TestRedisReplayBatches(t *testing.T) {
 	first := make(chan struct{})
 	wg.Go(func() { // the gated call: the others queue behind it
 		close(first)
-		if ok, err := s.FirstUse(t.Context(), "gate", ttl); err != nil || !ok {
+		if ok, err := s.FirstUse(t.Context(), "gate", time.Now(), ttl); err != nil || !ok {
 			t.Errorf("gate: %v %v", ok, err)
 		}
 	})
@@ -73,7 +93,7 @@ func TestRedisReplayBatches(t *testing.T) {
 	for i := range 2 * callers {
 		wg.Go(func() {
 			key := fmt.Sprintf("jkt:jti-%d", i%callers)
-			ok, err := s.FirstUse(t.Context(), key, ttl)
+			ok, err := s.FirstUse(t.Context(), key, time.Now(), ttl)
 			if err != nil {
 				t.Error(err)
 				return
@@ -89,9 +109,9 @@ func TestRedisReplayBatches(t *testing.T) {
 	// Let the callers queue, then let the gated call through.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		s.mu.Lock()
-		queued := len(s.queue)
-		s.mu.Unlock()
+		s.single.mu.Lock()
+		queued := len(s.single.queue)
+		s.single.mu.Unlock()
 		if queued == 2*callers || time.Now().After(deadline) {
 			break
 		}
@@ -113,10 +133,10 @@ func TestRedisReplayBatches(t *testing.T) {
 	if hook.largest.Load() > maxReplayBatch {
 		t.Fatalf("a batch of %d, over the bound %d", hook.largest.Load(), maxReplayBatch)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sending || len(s.queue) != 0 {
-		t.Fatalf("the store is not idle after the calls: sending %v, %d queued", s.sending, len(s.queue))
+	s.single.mu.Lock()
+	defer s.single.mu.Unlock()
+	if s.single.sending || len(s.single.queue) != 0 {
+		t.Fatalf("the store is not idle after the calls: sending %v, %d queued", s.single.sending, len(s.single.queue))
 	}
 }
 
@@ -124,12 +144,12 @@ func TestRedisReplayBatches(t *testing.T) {
 // every call of a batch gets the error, and none waits forever.
 func TestRedisReplayBatchFailure(t *testing.T) {
 	br := NewBreaker("redis", WithHalfOpenAfter(time.Hour))
-	s := NewRedisReplay(deadRedis(t), "helsegate-test:", br, 200*time.Millisecond)
+	s := NewRedisReplay(deadRedis(t), RedisReplayOptions{Prefix: "helsegate-test:", Breaker: br, Timeout: 200 * time.Millisecond})
 	var wg sync.WaitGroup
 	var failed, open atomic.Int32
 	for i := range 50 {
 		wg.Go(func() {
-			fresh, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), ttl)
+			fresh, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), time.Now(), ttl)
 			if fresh || err == nil {
 				t.Errorf("FirstUse = %v, %v with Redis down", fresh, err)
 			}
@@ -160,21 +180,22 @@ func TestRedisReplayCanceledCaller(t *testing.T) {
 	c := testRedis(t)
 	hook := &gateHook{open: make(chan struct{})}
 	c.AddHook(hook)
-	s := NewRedisReplay(c, testPrefix(t, c), NewBreaker("redis"), time.Second)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c), Breaker: NewBreaker("redis"), Timeout: time.Second})
+	warmGated(t, s, hook)
 	var wg sync.WaitGroup
-	wg.Go(func() { _, _ = s.FirstUse(t.Context(), "gate", ttl) })
+	wg.Go(func() { _, _ = s.FirstUse(t.Context(), "gate", time.Now(), ttl) })
 	for !hook.first.Load() {
 		time.Sleep(time.Millisecond)
 	}
 	// The first queued call leads the next batch; its caller goes away.
 	ctx, cancel := context.WithCancel(t.Context())
 	var leaderErr error
-	wg.Go(func() { _, leaderErr = s.FirstUse(ctx, "leader", ttl) })
+	wg.Go(func() { _, leaderErr = s.FirstUse(ctx, "leader", time.Now(), ttl) })
 	waitQueued(s, 1)
 	var others atomic.Int32
 	for i := range 10 {
 		wg.Go(func() {
-			if ok, err := s.FirstUse(t.Context(), fmt.Sprint("other-", i), ttl); err == nil && ok {
+			if ok, err := s.FirstUse(t.Context(), fmt.Sprint("other-", i), time.Now(), ttl); err == nil && ok {
 				others.Add(1)
 			}
 		})
@@ -196,20 +217,21 @@ func TestRedisReplayAbandonedWaiter(t *testing.T) {
 	c := testRedis(t)
 	hook := &gateHook{open: make(chan struct{})}
 	c.AddHook(hook)
-	s := NewRedisReplay(c, testPrefix(t, c), NewBreaker("redis"), 5*time.Second)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c), Breaker: NewBreaker("redis"), Timeout: 5 * time.Second})
+	warmGated(t, s, hook)
 	var wg sync.WaitGroup
-	wg.Go(func() { _, _ = s.FirstUse(t.Context(), "gate", ttl) })
+	wg.Go(func() { _, _ = s.FirstUse(t.Context(), "gate", time.Now(), ttl) })
 	for !hook.first.Load() {
 		time.Sleep(time.Millisecond)
 	}
 	queued := func(n int) { waitQueued(s, n) }
 	ctx, cancel := context.WithCancel(t.Context())
 	left := make(chan error, 1)
-	go func() { _, err := s.FirstUse(ctx, "leaves", ttl); left <- err }()
+	go func() { _, err := s.FirstUse(ctx, "leaves", time.Now(), ttl); left <- err }()
 	queued(1)
 	var later atomic.Int32
 	wg.Go(func() {
-		if ok, err := s.FirstUse(t.Context(), "later", ttl); err == nil && ok {
+		if ok, err := s.FirstUse(t.Context(), "later", time.Now(), ttl); err == nil && ok {
 			later.Add(1)
 		}
 	})
@@ -228,10 +250,10 @@ func TestRedisReplayAbandonedWaiter(t *testing.T) {
 	if later.Load() != 1 {
 		t.Fatal("the call queued after the one that left was not answered")
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sending || len(s.queue) != 0 {
-		t.Fatalf("the store is not idle: sending %v, %d queued", s.sending, len(s.queue))
+	s.single.mu.Lock()
+	defer s.single.mu.Unlock()
+	if s.single.sending || len(s.single.queue) != 0 {
+		t.Fatalf("the store is not idle: sending %v, %d queued", s.single.sending, len(s.single.queue))
 	}
 }
 
@@ -241,16 +263,17 @@ func TestRedisReplayOpenBreakerFailsAtOnce(t *testing.T) {
 	c := testRedis(t)
 	hook := &gateHook{open: make(chan struct{})} // would hold the first command sent
 	defer close(hook.open)
+	hook.armed.Store(true)
 	c.AddHook(hook)
 	br := NewBreaker("redis", WithHalfOpenAfter(time.Hour))
 	for br.State() != "open" {
 		_ = br.Do(t.Context(), func(context.Context) error { return errors.New("down") })
 	}
-	s := NewRedisReplay(c, testPrefix(t, c), br, 5*time.Second)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c), Breaker: br, Timeout: 5 * time.Second})
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			if _, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), ttl); !errors.Is(err, ErrBreakerOpen) {
+			if _, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), time.Now(), ttl); !errors.Is(err, ErrBreakerOpen) {
 				t.Errorf("FirstUse with the breaker open: %v, want ErrBreakerOpen", err)
 			}
 		})
@@ -267,6 +290,7 @@ func TestRedisReplayOpenBreakerFailsAtOnce(t *testing.T) {
 func TestRedisReplayHalfOpenProbeAlone(t *testing.T) {
 	c := testRedis(t)
 	hook := &gateHook{open: make(chan struct{})}
+	hook.armed.Store(true)
 	c.AddHook(hook)
 	br := NewBreaker("redis", WithHalfOpenAfter(10*time.Millisecond))
 	for br.State() != "open" {
@@ -275,15 +299,15 @@ func TestRedisReplayHalfOpenProbeAlone(t *testing.T) {
 	for br.State() != "half-open" {
 		time.Sleep(5 * time.Millisecond)
 	}
-	s := NewRedisReplay(c, testPrefix(t, c), br, 5*time.Second)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c), Breaker: br, Timeout: 5 * time.Second})
 	probe := make(chan error, 1)
-	go func() { _, err := s.FirstUse(t.Context(), "probe", ttl); probe <- err }()
+	go func() { _, err := s.FirstUse(t.Context(), "probe", time.Now(), ttl); probe <- err }()
 	for !hook.first.Load() {
 		time.Sleep(time.Millisecond)
 	}
 	refused := make(chan error, 10)
 	for i := range 10 {
-		go func() { _, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), ttl); refused <- err }()
+		go func() { _, err := s.FirstUse(t.Context(), fmt.Sprint("k", i), time.Now(), ttl); refused <- err }()
 	}
 	for range 10 {
 		select {
@@ -304,9 +328,9 @@ func TestRedisReplayHalfOpenProbeAlone(t *testing.T) {
 // waitQueued waits until n calls wait in s's queue.
 func waitQueued(s *RedisReplay, n int) {
 	for {
-		s.mu.Lock()
-		q := len(s.queue)
-		s.mu.Unlock()
+		s.single.mu.Lock()
+		q := len(s.single.queue)
+		s.single.mu.Unlock()
 		if q == n {
 			return
 		}

@@ -17,7 +17,7 @@ import (
 func BenchmarkRedisReplayFirstUse(b *testing.B) {
 	client := testRedis(b)
 	prefix := testPrefix(b, client)
-	store := NewRedisReplay(client, prefix, NewBreaker("redis"), 0)
+	store := NewRedisReplay(client, RedisReplayOptions{Prefix: prefix, Breaker: NewBreaker("redis")})
 	ctx := context.Background()
 	ttl := 21 * time.Second
 	var n atomic.Int64
@@ -35,7 +35,7 @@ func BenchmarkRedisReplayFirstUse(b *testing.B) {
 					if work != nil {
 						work()
 					}
-					if fresh, err := store.FirstUse(ctx, strconv.FormatInt(n.Add(1), 36), ttl); err != nil || !fresh {
+					if fresh, err := store.FirstUse(ctx, strconv.FormatInt(n.Add(1), 36), time.Now(), ttl); err != nil || !fresh {
 						b.Error(fresh, err)
 						return
 					}
@@ -43,7 +43,7 @@ func BenchmarkRedisReplayFirstUse(b *testing.B) {
 			})
 		} else {
 			for b.Loop() {
-				if fresh, err := store.FirstUse(ctx, strconv.FormatInt(n.Add(1), 36), ttl); err != nil || !fresh {
+				if fresh, err := store.FirstUse(ctx, strconv.FormatInt(n.Add(1), 36), time.Now(), ttl); err != nil || !fresh {
 					b.Fatal(fresh, err)
 				}
 			}

@@ -72,7 +72,7 @@ func TestLocalReplay(t *testing.T) {
 			s := NewLocalReplay(tt.max, clock)
 			for i, st := range tt.steps {
 				clock.Advance(st.advance)
-				fresh, err := s.FirstUse(t.Context(), st.key, ttl)
+				fresh, err := s.FirstUse(t.Context(), st.key, time.Now(), ttl)
 				if fresh != st.fresh || !errors.Is(err, st.err) {
 					t.Fatalf("step %d: FirstUse(%q) = %v, %v; want %v, %v", i, st.key, fresh, err, st.fresh, st.err)
 				}
@@ -87,7 +87,7 @@ func TestLocalReplay(t *testing.T) {
 func TestLocalReplayBadTTL(t *testing.T) {
 	for _, d := range []time.Duration{0, -time.Second, time.Microsecond} {
 		t.Run(d.String(), func(t *testing.T) {
-			if _, err := NewLocalReplay(10, newFakeClock()).FirstUse(t.Context(), "a", d); err == nil {
+			if _, err := NewLocalReplay(10, newFakeClock()).FirstUse(t.Context(), "a", time.Now(), d); err == nil {
 				t.Error("no error")
 			}
 		})
@@ -103,7 +103,7 @@ func TestLocalReplayBoundWithShards(t *testing.T) {
 	}
 	accepted := 0
 	for i := range 2 * max {
-		fresh, err := s.FirstUse(t.Context(), strconv.Itoa(i), ttl)
+		fresh, err := s.FirstUse(t.Context(), strconv.Itoa(i), time.Now(), ttl)
 		switch {
 		case fresh:
 			accepted++
@@ -116,7 +116,7 @@ func TestLocalReplayBoundWithShards(t *testing.T) {
 		t.Errorf("accepted %d keys, want at most %d and close to it", accepted, max)
 	}
 	clock.Advance(ttl)
-	if fresh, err := s.FirstUse(t.Context(), "after", ttl); !fresh || err != nil {
+	if fresh, err := s.FirstUse(t.Context(), "after", time.Now(), ttl); !fresh || err != nil {
 		t.Errorf("after expiry: %v, %v", fresh, err)
 	}
 }
@@ -126,7 +126,7 @@ func TestRedisReplay(t *testing.T) {
 	hook := &argsHook{}
 	c.AddHook(hook)
 	prefix := testPrefix(t, c)
-	s := NewRedisReplay(c, prefix, NewBreaker("redis"), 0)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: prefix, Breaker: NewBreaker("redis")})
 
 	tests := []struct {
 		name string
@@ -139,18 +139,34 @@ func TestRedisReplay(t *testing.T) {
 		{"another key", "jkt:jti-2", 1500 * time.Millisecond, true},
 		{"sub-millisecond part rounds up", "jkt:jti-3", 1500*time.Millisecond + time.Microsecond, true},
 	}
+	values := map[string]bool{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fresh, err := s.FirstUse(t.Context(), tt.key, tt.ttl)
+			fresh, err := s.FirstUse(t.Context(), tt.key, time.Now(), tt.ttl)
 			if err != nil || fresh != tt.want {
 				t.Fatalf("FirstUse = %v, %v; want %v", fresh, err, tt.want)
 			}
-			// One SET … PX … NX, also for a whole number of seconds
-			// (go-redis SetNX would send EX there).
+			// One SET … <value> PX … NX GET, also for a whole number of
+			// seconds (go-redis SetNX would send EX there), with a value of
+			// this call's own; then the epoch marker read, in the same batch.
 			ms := int64((tt.ttl + time.Millisecond - 1) / time.Millisecond)
-			want := fmt.Sprint([]any{"set", prefix + "v1:dpop:" + tt.key, "1", "px", ms, "nx"})
-			if got := fmt.Sprint(hook.last()); got != want {
-				t.Errorf("sent %s, want %s", got, want)
+			got := hook.lastNamed("set")
+			want := fmt.Sprint([]any{"set", prefix + "v1:dpop:" + tt.key, "<value>", "px", ms, "nx", "get"})
+			if len(got) != 7 {
+				t.Fatalf("sent %v, want %s", got, want)
+			}
+			val, _ := got[2].(string)
+			got[2] = "<value>"
+			if fmt.Sprint(got) != want {
+				t.Errorf("sent %v, want %s", got, want)
+			}
+			if val == "" || values[val] {
+				t.Errorf("value %q is empty or was sent before", val)
+			}
+			values[val] = true
+			pipe := hook.lastPipe()
+			if last := fmt.Sprint(pipe[len(pipe)-1]); last != fmt.Sprint([]any{"get", prefix + "v1:epoch"}) {
+				t.Errorf("the batch %v does not end with the epoch marker read", pipe)
 			}
 			if !tt.want {
 				return
@@ -168,20 +184,20 @@ func TestRedisReplay(t *testing.T) {
 
 func TestRedisReplayBadTTL(t *testing.T) {
 	c := testRedis(t)
-	s := NewRedisReplay(c, testPrefix(t, c), nil, 0)
-	if _, err := s.FirstUse(t.Context(), "a", 0); err == nil {
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c)})
+	if _, err := s.FirstUse(t.Context(), "a", time.Now(), 0); err == nil {
 		t.Error("no error")
 	}
 }
 
 func TestRedisReplayDown(t *testing.T) {
 	br := NewBreaker("redis", WithHalfOpenAfter(time.Hour))
-	s := NewRedisReplay(deadRedis(t), "helsegate-test:", br, 0)
+	s := NewRedisReplay(deadRedis(t), RedisReplayOptions{Prefix: "helsegate-test:", Breaker: br})
 	for i := range BreakerFailures {
 		if br.State() != "closed" {
 			t.Fatalf("call %d: breaker %s before %d failures", i, br.State(), BreakerFailures)
 		}
-		fresh, err := s.FirstUse(t.Context(), "k", ttl)
+		fresh, err := s.FirstUse(t.Context(), "k", time.Now(), ttl)
 		if fresh || err == nil || errors.Is(err, ErrBreakerOpen) {
 			t.Fatalf("call %d: FirstUse = %v, %v; want the connection error", i, fresh, err)
 		}
@@ -189,52 +205,56 @@ func TestRedisReplayDown(t *testing.T) {
 	if br.State() != "open" {
 		t.Fatalf("breaker %s after %d failures, want open", br.State(), BreakerFailures)
 	}
-	fresh, err := s.FirstUse(t.Context(), "k", ttl)
+	fresh, err := s.FirstUse(t.Context(), "k", time.Now(), ttl)
 	if fresh || !errors.Is(err, ErrBreakerOpen) {
 		t.Errorf("open breaker: FirstUse = %v, %v; want ErrBreakerOpen", fresh, err)
 	}
 }
 
-// storeFunc adapts a function to authz.ReplayStore.
-type storeFunc func(ctx context.Context, key string, ttl time.Duration) (bool, error)
-
-func (f storeFunc) FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	return f(ctx, key, ttl)
+// sharedFake is a shared store for TieredReplay tests: it answers what it is
+// told and counts its calls.
+type sharedFake struct {
+	fresh bool
+	err   error
+	calls int
 }
 
-func answer(fresh bool, err error) storeFunc {
-	return func(context.Context, string, time.Duration) (bool, error) { return fresh, err }
+func (f *sharedFake) FirstUse(context.Context, string, time.Time, time.Duration) (bool, error) {
+	f.calls++
+	return f.fresh, f.err
 }
 
-func TestFallbackReplay(t *testing.T) {
+func TestTieredReplay(t *testing.T) {
+	clock := newFakeClock()
+	now := clock.Now()
+	down := &StoreFailure{Floor: now.Add(-time.Second), Err: errDown}
+	downSince := &StoreFailure{Floor: now.Add(time.Second), Err: errDown}
+	recovering := fmt.Errorf("store: %w", authz.ErrStoreRecovering)
 	tests := []struct {
 		name      string
-		primary   storeFunc
-		local     storeFunc
+		shared    sharedFake
 		mode      string
 		cancelled bool
 		fresh     bool
 		errs      []error // all must be in the error
 		fallbacks int
 	}{
-		{name: "primary fresh", primary: answer(true, nil), local: answer(false, errDown), mode: FallbackLocal, fresh: true},
-		{name: "primary replay", primary: answer(false, nil), local: answer(true, nil), mode: FallbackLocal, fresh: false},
-		{name: "primary down, local fresh", primary: answer(false, errDown), local: answer(true, nil), mode: FallbackLocal, fresh: true, fallbacks: 1},
-		{name: "primary down, local replay", primary: answer(false, errDown), local: answer(false, nil), mode: FallbackLocal, fresh: false, fallbacks: 1},
-		{name: "empty mode is local", primary: answer(false, errDown), local: answer(true, nil), mode: "", fresh: true, fallbacks: 1},
-		{name: "primary down, local full", primary: answer(false, errDown), local: answer(false, ErrReplayStoreFull), mode: FallbackLocal, errs: []error{errDown, ErrReplayStoreFull}, fallbacks: 1},
-		{name: "deny", primary: answer(false, errDown), local: answer(true, nil), mode: FallbackDeny, errs: []error{errDown}},
-		{name: "deny without local", primary: answer(false, errDown), mode: FallbackDeny, errs: []error{errDown}},
-		{name: "caller gone", primary: answer(false, context.Canceled), local: answer(true, nil), mode: FallbackLocal, cancelled: true, errs: []error{context.Canceled}},
+		{name: "shared fresh", shared: sharedFake{fresh: true}, mode: FallbackLocal, fresh: true},
+		{name: "shared replay", shared: sharedFake{}, mode: FallbackLocal},
+		{name: "shared down, local fresh", shared: sharedFake{err: down}, mode: FallbackLocal, fresh: true, fallbacks: 1},
+		{name: "empty mode is local", shared: sharedFake{err: down}, mode: "", fresh: true, fallbacks: 1},
+		{name: "shared down, proof from before the outage", shared: sharedFake{err: downSince}, mode: FallbackLocal, errs: []error{authz.ErrStoreRecovering, errDown}},
+		{name: "shared failed, not saying since when", shared: sharedFake{err: errDown}, mode: FallbackLocal, errs: []error{errDown}},
+		{name: "deny", shared: sharedFake{err: down}, mode: FallbackDeny, errs: []error{errDown}},
+		{name: "recovering, local", shared: sharedFake{err: recovering}, mode: FallbackLocal, errs: []error{authz.ErrStoreRecovering}},
+		{name: "recovering, deny", shared: sharedFake{err: recovering}, mode: FallbackDeny, errs: []error{authz.ErrStoreRecovering}},
+		{name: "caller gone", shared: sharedFake{err: context.Canceled}, mode: FallbackLocal, cancelled: true, errs: []error{context.Canceled}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var local authz.ReplayStore
-			if tt.local != nil {
-				local = tt.local
-			}
 			fallbacks := 0
-			f, err := NewFallbackReplay(tt.primary, local, tt.mode, func(err error) {
+			shared := tt.shared
+			f, err := NewTieredReplay(NewLocalReplay(100, clock), &shared, tt.mode, func(err error) {
 				fallbacks++
 				if !errors.Is(err, errDown) {
 					t.Errorf("onFallback(%v)", err)
@@ -248,7 +268,7 @@ func TestFallbackReplay(t *testing.T) {
 				cancel()
 			}
 			defer cancel()
-			fresh, err := f.FirstUse(ctx, "k", ttl)
+			fresh, err := f.FirstUse(ctx, "k", now, ttl)
 			if fresh != tt.fresh || (err != nil) != (len(tt.errs) > 0) {
 				t.Errorf("FirstUse = %v, %v; want %v, %v", fresh, err, tt.fresh, tt.errs)
 			}
@@ -260,30 +280,65 @@ func TestFallbackReplay(t *testing.T) {
 			if fallbacks != tt.fallbacks {
 				t.Errorf("%d fallbacks, want %d", fallbacks, tt.fallbacks)
 			}
+			// The in-process tier recorded the proof on every path: used
+			// again, it is a replay, even with a shared store that would
+			// call it fresh, and the shared store is not asked.
+			shared = sharedFake{fresh: true}
+			if fresh, err := f.FirstUse(t.Context(), "k", now, ttl); fresh || err != nil {
+				t.Errorf("the proof used again: FirstUse = %v, %v; want a replay", fresh, err)
+			}
+			if shared.calls != 0 {
+				t.Errorf("the shared store was asked about a proof the local tier holds")
+			}
 		})
 	}
 }
 
-func TestNewFallbackReplayErrors(t *testing.T) {
+// TestTieredReplayLocalFull: a full in-process tier refuses before Redis is
+// asked: a proof it cannot record is never accepted.
+func TestTieredReplayLocalFull(t *testing.T) {
+	clock := newFakeClock()
+	shared := &sharedFake{fresh: true}
+	f, err := NewTieredReplay(NewLocalReplay(1, clock), shared, FallbackLocal, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh, err := f.FirstUse(t.Context(), "a", clock.Now(), ttl); !fresh || err != nil {
+		t.Fatalf("first proof: %v %v", fresh, err)
+	}
+	if _, err := f.FirstUse(t.Context(), "b", clock.Now(), ttl); !errors.Is(err, ErrReplayStoreFull) {
+		t.Fatalf("second proof with the local tier full: %v, want ErrReplayStoreFull", err)
+	}
+	if shared.calls != 1 {
+		t.Errorf("%d shared calls, want 1", shared.calls)
+	}
+}
+
+func TestNewTieredReplayErrors(t *testing.T) {
+	local := NewLocalReplay(10, nil)
 	tests := []struct {
-		name           string
-		primary, local authz.ReplayStore
-		mode           string
+		name   string
+		local  *LocalReplay
+		shared authz.ReplayStore
+		mode   string
 	}{
-		{"unknown mode", answer(true, nil), answer(true, nil), "allow"},
-		{"local mode without local", answer(true, nil), nil, FallbackLocal},
-		{"no primary", nil, answer(true, nil), FallbackDeny},
+		{"unknown mode", local, &sharedFake{}, "allow"},
+		{"no local", nil, &sharedFake{}, FallbackLocal},
+		{"no shared", local, nil, FallbackDeny},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := NewFallbackReplay(tt.primary, tt.local, tt.mode, nil); err == nil {
+			if _, err := NewTieredReplay(tt.local, tt.shared, tt.mode, nil); err == nil {
 				t.Error("no error")
 			}
 		})
 	}
 }
 
-func TestFallbackReplayWithRedisDown(t *testing.T) {
+// TestTieredReplayWithRedisDown: with Redis refusing connections, local
+// answers for proofs issued after the failures began (plus the skew), deny
+// refuses; both never accept the same proof twice.
+func TestTieredReplayWithRedisDown(t *testing.T) {
 	tests := []struct {
 		mode  string
 		fresh []bool // first use, then replay
@@ -295,14 +350,22 @@ func TestFallbackReplayWithRedisDown(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.mode, func(t *testing.T) {
 			br := NewBreaker("redis", WithHalfOpenAfter(time.Hour))
-			primary := NewRedisReplay(deadRedis(t), "helsegate-test:", br, 0)
-			f, err := NewFallbackReplay(primary, NewLocalReplay(100, newFakeClock()), tt.mode, nil)
+			shared := NewRedisReplay(deadRedis(t), RedisReplayOptions{Prefix: "helsegate-test:", Breaker: br, FutureSkew: time.Second})
+			f, err := NewTieredReplay(NewLocalReplay(100, nil), shared, tt.mode, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A proof issued before the failures began (they begin now):
+			// another replica may have accepted it through Redis.
+			if fresh, err := f.FirstUse(t.Context(), "old", time.Now().Add(-time.Second), ttl); fresh || err == nil {
+				t.Errorf("a proof from before the outage: FirstUse = %v, %v; want an error", fresh, err)
+			} else if tt.mode == FallbackLocal && !errors.Is(err, authz.ErrStoreRecovering) {
+				t.Errorf("a proof from before the outage: %v, want ErrStoreRecovering", err)
+			}
+			iat := time.Now().Add(2 * time.Second) // after the failures began, plus the skew
 			for i, want := range tt.fresh {
-				fresh, err := f.FirstUse(t.Context(), "jkt:jti", ttl)
-				if fresh != want || (err != nil) != tt.err {
+				fresh, err := f.FirstUse(t.Context(), "jkt:jti", iat, ttl)
+				if fresh != want || (i == 0 && (err != nil) != tt.err) {
 					t.Errorf("use %d: FirstUse = %v, %v; want %v, error %v", i, fresh, err, want, tt.err)
 				}
 			}
@@ -317,7 +380,7 @@ func TestReplayConcurrentFirstUse(t *testing.T) {
 		store authz.ReplayStore
 	}{
 		{"local", NewLocalReplay(100, newFakeClock())},
-		{"redis", NewRedisReplay(c, testPrefix(t, c), NewBreaker("redis"), time.Second)},
+		{"redis", NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c), Breaker: NewBreaker("redis"), Timeout: time.Second})},
 	}
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
@@ -330,7 +393,7 @@ func TestReplayConcurrentFirstUse(t *testing.T) {
 			for range n {
 				wg.Go(func() {
 					<-start
-					ok, err := st.store.FirstUse(t.Context(), "jkt:same-jti", ttl)
+					ok, err := st.store.FirstUse(t.Context(), "jkt:same-jti", time.Now(), ttl)
 					if err != nil {
 						t.Error(err)
 					}
@@ -360,7 +423,7 @@ func BenchmarkLocalReplay(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			clock.ns.Add(1000)
-			if _, err := s.FirstUse(context.Background(), names[i%keys], 10*time.Millisecond); err != nil {
+			if _, err := s.FirstUse(context.Background(), names[i%keys], time.Now(), 10*time.Millisecond); err != nil {
 				b.Fatal(err)
 			}
 			i++
@@ -377,7 +440,7 @@ func BenchmarkLocalReplay(b *testing.B) {
 			names := benchKeys(strconv.Itoa(int(id.Add(1))), keys)
 			i := 0
 			for pb.Next() {
-				if _, err := s.FirstUse(context.Background(), names[i%keys], time.Millisecond); err != nil {
+				if _, err := s.FirstUse(context.Background(), names[i%keys], time.Now(), time.Millisecond); err != nil {
 					b.Error(err)
 					return
 				}
@@ -390,12 +453,12 @@ func BenchmarkLocalReplay(b *testing.B) {
 // BenchmarkRedisReplay measures one SET NX PX round trip per FirstUse.
 func BenchmarkRedisReplay(b *testing.B) {
 	c := testRedis(b)
-	s := NewRedisReplay(c, testPrefix(b, c), NewBreaker("redis"), 0)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(b, c), Breaker: NewBreaker("redis")})
 	var n atomic.Int64
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := s.FirstUse(context.Background(), strconv.FormatInt(n.Add(1), 10), 10*time.Second); err != nil {
+			if _, err := s.FirstUse(context.Background(), strconv.FormatInt(n.Add(1), 10), time.Now(), 10*time.Second); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -404,7 +467,7 @@ func BenchmarkRedisReplay(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if _, err := s.FirstUse(context.Background(), strconv.FormatInt(n.Add(1), 10), 10*time.Second); err != nil {
+				if _, err := s.FirstUse(context.Background(), strconv.FormatInt(n.Add(1), 10), time.Now(), 10*time.Second); err != nil {
 					b.Error(err)
 					return
 				}

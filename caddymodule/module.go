@@ -140,7 +140,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	replay, err := h.replayStore(rc)
+	skew := cfg.DPoPFutureSkew
+	if skew == 0 {
+		skew = authz.DefaultDPoPFutureSkew
+	}
+	replay, err := h.replayStore(rc, skew)
 	if err != nil {
 		return err
 	}

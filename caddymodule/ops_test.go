@@ -621,6 +621,15 @@ func TestHealthIssuerAndRegistryDown(t *testing.T) {
 }
 
 // deadAddr returns a loopback address nothing listens on.
+// testRedisAddr is the Redis of the tests (HELSEGATE_TEST_REDIS, or the
+// default port on loopback).
+func testRedisAddr() string {
+	if a := os.Getenv("HELSEGATE_TEST_REDIS"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
+}
+
 func deadAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -754,9 +763,9 @@ func TestMembershipFileReloadEvicts(t *testing.T) {
 	path := membershipFile(t)
 	f := newHandlerFixture(t, func(h *Handler) {
 		h.Membership = &MembershipConfig{Service: testService, File: path}
-		// A Redis nothing answers on: were the Redis tier in front of the
-		// file, every miss would count a Redis error.
-		h.Redis = &cache.RedisConfig{URL: "redis://" + deadAddr(t), KeyPrefix: "helsegate-test-file:"}
+		// With Redis configured: were the Redis tier in front of the file,
+		// every miss would count a Redis hit, miss or error.
+		h.Redis = &cache.RedisConfig{URL: "redis://" + testRedisAddr(), KeyPrefix: "helsegate-test-file-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"}
 	})
 	audit, _ := observe(f.h)
 	m := getMetrics()

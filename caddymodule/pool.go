@@ -43,6 +43,7 @@ func (p *pooledKeys) Destruct() error {
 
 type pooledRedis struct {
 	client  redis.UniversalClient
+	ids     *cache.ServerIdentities // the servers its connections reached
 	breaker *cache.Breaker
 	addrs   []string          // host:port, never credentials (health report)
 	redact  func(error) error // removes the password from an error
@@ -97,8 +98,9 @@ func (h *Handler) redisClient() (*pooledRedis, error) {
 	logger := h.logger
 	rcfg := *h.Redis
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		br := cache.NewBreaker("redis", cache.WithStateChange(breakerChanged(logger)))
-		pr := &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br, addrs: opts.Addrs, redact: rcfg.Redact}
+		br := newRedisBreaker(logger)
+		client, ids := cache.NewRedisClient(opts)
+		pr := &pooledRedis{client: client, ids: ids, breaker: br, addrs: opts.Addrs, redact: rcfg.Redact}
 		liveBreakers.add(br)
 		liveRedis.add(pr)
 		return pr, nil
@@ -110,9 +112,27 @@ func (h *Handler) redisClient() (*pooledRedis, error) {
 	return v.(*pooledRedis), nil
 }
 
+// newRedisBreaker returns a breaker named "redis" that probes a dead Redis
+// every cache.RedisHalfOpenAfter, logging and counting its changes.
+func newRedisBreaker(logger *zap.Logger) *cache.Breaker {
+	return cache.NewBreaker("redis", cache.WithHalfOpenAfter(cache.RedisHalfOpenAfter), cache.WithStateChange(breakerChanged(logger)))
+}
+
+// pooledReplay is the shared replay store of one Redis and key prefix: what
+// it knows of the servers' epochs and the floors it applies must outlive a
+// config reload, and every site using that Redis and prefix shares them.
+type pooledReplay struct{ *cache.RedisReplay }
+
+func (p pooledReplay) Destruct() error {
+	for _, b := range p.Breakers() {
+		liveBreakers.remove(b)
+	}
+	return nil
+}
+
 // replayStore returns the replay store: the process's in-process store, and
-// in front of it the shared Redis store (pr) when redis is configured.
-func (h *Handler) replayStore(pr *pooledRedis) (authz.ReplayStore, error) {
+// behind it the shared Redis store (pr) when redis is configured.
+func (h *Handler) replayStore(pr *pooledRedis, futureSkew time.Duration) (authz.ReplayStore, error) {
 	v, _, err := pool.LoadOrNew("replay|local", func() (caddy.Destructor, error) {
 		return pooledLocal{cache.NewLocalReplay(localReplaySize, authz.SystemClock)}, nil
 	})
@@ -128,13 +148,28 @@ func (h *Handler) replayStore(pr *pooledRedis) (authz.ReplayStore, error) {
 		return local, nil
 	}
 	logger := h.logger
-	remote := cache.NewRedisReplay(pr.client, h.Redis.Prefix(), pr.breaker, 0)
-	mode := h.OnStoreError
-	if mode == "" {
-		mode = "local"
+	key := "replay|" + h.Redis.PoolKey() + "|" + h.Redis.Prefix()
+	v, _, err = pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return pooledReplay{cache.NewRedisReplay(pr.client, cache.RedisReplayOptions{
+			Prefix:     h.Redis.Prefix(),
+			Breaker:    pr.breaker,
+			Identities: pr.ids,
+			FutureSkew: futureSkew,
+			NewBreaker: func(string) *cache.Breaker {
+				br := newRedisBreaker(logger)
+				liveBreakers.add(br)
+				return br
+			},
+		})}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	h.poolKeys = append(h.poolKeys, key)
+	shared := v.(pooledReplay).RedisReplay
+	shared.AllowFutureSkew(futureSkew)
 	m := getMetrics()
-	return cache.NewFallbackReplay(remote, local, mode, func(err error) {
+	return cache.NewTieredReplay(local, shared, h.OnStoreError, func(err error) {
 		m.replayFallbacks.Inc()
 		if h.depLog.allow() {
 			logger.Warn("redis replay store failed; using the in-process store", zap.Error(err))

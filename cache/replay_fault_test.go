@@ -1,0 +1,179 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/helsegate/helsegate/authz"
+)
+
+func TestEpochStep(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	const skew, window = 5 * time.Second, 21 * time.Second
+	known := epochKnowledge{seen: true, gen: 3, runID: "A"}
+	marker := func(gen int64, floor time.Time) string { return epochMarker{gen: gen, floor: floor}.String() }
+	tests := []struct {
+		name      string
+		k         epochKnowledge
+		in        epochInput
+		wantGen   int64
+		wantFloor time.Time // zero: none
+		wantWrite int
+	}{
+		{"unchanged", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 3, time.Time{}, markerKeep},
+		{"another replica declared a loss", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(4, now.Add(time.Second))}, 4, now.Add(time.Second), markerKeep},
+		{"marker gone (flush, restart)", known, epochInput{runID: "A", uptime: time.Hour}, 4, now.Add(skew), markerCreate},
+		{"marker went back", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(1, time.Time{})}, 4, now.Add(skew), markerOverwrite},
+		{"another server (failover)", known, epochInput{runID: "B", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite},
+		{"restarted, no marker", known, epochInput{runID: "B", uptime: time.Second}, 4, now.Add(skew), markerCreate},
+		{"first sight, long-running store", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour}, 1, time.Time{}, markerCreate},
+		{"first sight, store started within a window", epochKnowledge{}, epochInput{runID: "A", uptime: 3 * time.Second}, 1, now.Add(-3 * time.Second).Add(skew), markerCreate},
+		{"first sight, marker with a floor", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(7, now.Add(2*time.Second))}, 7, now.Add(2 * time.Second), markerKeep},
+		{"malformed marker", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: "x"}, 4, now.Add(skew), markerOverwrite},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			next, m, write := epochStep(tt.k, tt.in, now, skew, window)
+			if m.gen != tt.wantGen || !m.floor.Equal(tt.wantFloor) || write != tt.wantWrite {
+				t.Errorf("epochStep = gen %d floor %v write %d; want gen %d floor %v write %d", m.gen, m.floor, write, tt.wantGen, tt.wantFloor, tt.wantWrite)
+			}
+			if !next.seen || next.gen != m.gen || next.runID != tt.in.runID {
+				t.Errorf("knowledge after: %+v", next)
+			}
+			if back, ok := parseMarker(m.String()); !ok || back.gen != m.gen || !back.floor.Equal(m.floor.Truncate(time.Millisecond)) {
+				t.Errorf("marker %q does not read back", m.String())
+			}
+		})
+	}
+}
+
+// retryHook sends the first pipeline carrying a SET twice, as go-redis does
+// when a reply times out after the server executed the command.
+type retryHook struct{ done atomic.Bool }
+
+func (h *retryHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *retryHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *retryHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() == "set" && h.done.CompareAndSwap(false, true) {
+			_ = next(ctx, cmds) // executed, its reply lost
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisReplayOwnRetry: a SET that reaches the server twice (a retry
+// after a timed-out reply) does not refuse the proof that set the key; a
+// proof set by another call is still a replay.
+func TestRedisReplayOwnRetry(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: prefix})
+	warm(t, s)
+	c.AddHook(&retryHook{})
+	if fresh, err := s.FirstUse(t.Context(), "jkt:retried", time.Now(), ttl); !fresh || err != nil {
+		t.Fatalf("a proof whose SET was retried: FirstUse = %v, %v; want fresh", fresh, err)
+	}
+	if fresh, err := s.FirstUse(t.Context(), "jkt:retried", time.Now(), ttl); fresh || err != nil {
+		t.Fatalf("the same proof again: FirstUse = %v, %v; want a replay", fresh, err)
+	}
+}
+
+// warm makes s verify its server with one fresh proof.
+func warm(t *testing.T, s *RedisReplay) {
+	t.Helper()
+	if fresh, err := s.FirstUse(t.Context(), "warm-"+time.Now().String(), time.Now(), ttl); !fresh || err != nil {
+		t.Fatalf("warm-up: FirstUse = %v, %v", fresh, err)
+	}
+}
+
+// forgetPrefix deletes every key under prefix: what a FLUSHALL or a restart
+// without persistence does to the store's records.
+func forgetPrefix(t *testing.T, c redis.UniversalClient, prefix string) {
+	t.Helper()
+	keys, err := c.Keys(t.Context(), prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) > 0 {
+		if err := c.Del(t.Context(), keys...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRedisReplayLostRecords: after Redis lost its records, no proof accepted
+// before the loss is accepted again, on the replica that accepted it or on
+// another; a proof issued after the loss (and the future skew) is.
+func TestRedisReplayLostRecords(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	const skew = 2 * time.Second
+	a := NewRedisReplay(c, RedisReplayOptions{Prefix: prefix, FutureSkew: skew})
+	b := NewRedisReplay(c, RedisReplayOptions{Prefix: prefix, FutureSkew: skew})
+	warm(t, a)
+	warm(t, b)
+	before := time.Now()
+	keys := []string{"jkt:p1", "jkt:p2", "jkt:p3"}
+	for _, k := range keys {
+		if fresh, err := a.FirstUse(t.Context(), k, before, ttl); !fresh || err != nil {
+			t.Fatalf("%s on A: %v %v", k, fresh, err)
+		}
+	}
+	forgetPrefix(t, c, prefix)
+
+	// p1 is replayed to B: B's batch finds the marker gone, declares the loss
+	// and refuses. p2 is replayed to A, which learns of the loss from the
+	// marker B wrote. p3 went to both: once refused, it stays refused.
+	for _, use := range []struct {
+		st  *RedisReplay
+		key string
+	}{{b, "jkt:p1"}, {a, "jkt:p2"}, {b, "jkt:p3"}, {a, "jkt:p3"}, {a, "jkt:p1"}} {
+		fresh, err := use.st.FirstUse(t.Context(), use.key, before, ttl)
+		if fresh || (err != nil && !errors.Is(err, authz.ErrStoreRecovering)) {
+			t.Fatalf("%s replayed after the loss: FirstUse = %v, %v; want ErrStoreRecovering or a replay", use.key, fresh, err)
+		}
+	}
+	// A proof issued after the loss plus the skew is fresh on both.
+	after := time.Now().Add(skew + 10*time.Millisecond)
+	for i, st := range []*RedisReplay{a, b} {
+		k := "jkt:after-" + string(rune('a'+i))
+		if fresh, err := st.FirstUse(t.Context(), k, after, ttl); !fresh || err != nil {
+			t.Fatalf("a proof issued after the loss: FirstUse = %v, %v; want fresh", fresh, err)
+		}
+	}
+	// A replica started after the loss reads the floor from the marker.
+	late := NewRedisReplay(c, RedisReplayOptions{Prefix: prefix, FutureSkew: skew})
+	if fresh, err := late.FirstUse(t.Context(), "jkt:p1", before, ttl); fresh || !errors.Is(err, authz.ErrStoreRecovering) {
+		t.Fatalf("a replica started after the loss: FirstUse = %v, %v; want ErrStoreRecovering", fresh, err)
+	}
+}
+
+// TestRedisReplayNewServerIdentity: a connection that reaches a server this
+// process has not seen makes the store verify again before it trusts a fresh
+// answer; a server whose run_id differs from the marker's declares a loss.
+func TestRedisReplayNewServerIdentity(t *testing.T) {
+	c := testRedis(t)
+	prefix := testPrefix(t, c)
+	ids := &ServerIdentities{}
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: prefix, Identities: ids, FutureSkew: time.Second})
+	warm(t, s)
+	// Pretend the server this process verified was another one, then let a
+	// new connection see the real one: as after a failover.
+	s.mu.Lock()
+	for k, e := range s.epochs {
+		e.runID = "gone"
+		s.epochs[k] = e
+	}
+	s.mu.Unlock()
+	ids.epoch.Add(1)
+	fresh, err := s.FirstUse(t.Context(), "jkt:before", time.Now(), ttl)
+	if fresh || !errors.Is(err, authz.ErrStoreRecovering) {
+		t.Fatalf("a proof answered by another server: FirstUse = %v, %v; want ErrStoreRecovering", fresh, err)
+	}
+}
