@@ -77,7 +77,9 @@ type epochInput struct {
 //   - The marker is gone while this process knew it, or its generation went
 //     back, or the server is another one (another run_id: a restart, a
 //     failover): records may be lost. Declare it: a new generation whose
-//     floor is now + skew (a proof accepted before now was issued before it).
+//     floor is now + skew (a proof accepted before now was issued before it),
+//     or, for a server that started less than a window ago, its start + skew
+//     (uptime is in whole seconds, so the start read is never too early).
 //   - The marker is gone and this process never saw it: a new store, or one
 //     that lost its records before this process looked. If the server started
 //     less than a window ago, records before its start are gone: the floor is
@@ -89,7 +91,11 @@ func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time
 	present := in.present && valid
 	switch {
 	case k.seen && (!present || cur.gen < k.gen || in.runID != k.runID):
-		m = epochMarker{gen: max(k.gen, cur.gen) + 1, floor: now.Add(skew)}
+		lost := now
+		if in.runID != k.runID && in.uptime < window {
+			lost = now.Add(-in.uptime) // a restart: nothing was written after the old server stopped
+		}
+		m = epochMarker{gen: max(k.gen, cur.gen) + 1, floor: lost.Add(skew)}
 		if present && cur.floor.After(m.floor) {
 			m.floor = cur.floor
 		}
@@ -295,7 +301,7 @@ func (s *ServerIdentities) onConnect(ctx context.Context, cn *redis.Conn) error 
 
 // RedisHalfOpenAfter is how long a Redis breaker stays open before it lets a
 // probe through: a Redis that answers again is used again within about this.
-const RedisHalfOpenAfter = time.Second
+const RedisHalfOpenAfter = 500 * time.Millisecond
 
 // clusterStateReload is how often a Cluster client reloads its slot map
 // while in use (go-redis defaults to 60 s), on top of the reloads a failure
