@@ -1,0 +1,67 @@
+package redistopo
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// TestSentinelFailover: after KillMaster, WaitFailover returns a former
+// replica that takes writes, and a failover client writes again.
+func TestSentinelFailover(t *testing.T) {
+	t.Parallel()
+	began := time.Now()
+	s := StartSentinel(t)
+	t.Logf("StartSentinel: %v", time.Since(began))
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	fc := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:      s.MasterName,
+		SentinelAddrs:   s.SentinelAddrs(),
+		DisableIdentity: true,
+	})
+	t.Cleanup(func() { _ = fc.Close() })
+	if err := fc.Set(ctx, "before", "1", 0).Err(); err != nil {
+		t.Fatalf("SET before the failover: %v", err)
+	}
+	if addr, err := s.CurrentMaster(ctx); err != nil || addr != s.Master.Addr {
+		t.Fatalf("CurrentMaster: %s, %v; want %s", addr, err, s.Master.Addr)
+	}
+
+	began = time.Now()
+	old := s.KillMaster()
+	if old != s.Master {
+		t.Fatalf("KillMaster killed %s, want the master %s", old, s.Master)
+	}
+	newAddr, err := s.WaitFailover(ctx, old.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("KillMaster to WaitFailover: %v (new master %s)", time.Since(began), newAddr)
+	promoted := s.Server(newAddr)
+	if !slices.Contains(s.Replicas, promoted) {
+		t.Fatalf("new master %s is not one of the replicas", newAddr)
+	}
+	if err := promoted.Client().Set(ctx, "direct", "1", 0).Err(); err != nil {
+		t.Fatalf("SET on the new master: %v", err)
+	}
+
+	began = time.Now()
+	retry(ctx, t, "SET through the failover client", func(ctx context.Context) error {
+		return fc.Set(ctx, "after", "1", 0).Err()
+	})
+	t.Logf("failover client writing again: %v after WaitFailover", time.Since(began))
+}
+
+// retry calls f until it succeeds, failing the test when ctx ends: a
+// client may need a few attempts to find a new master.
+func retry(ctx context.Context, t *testing.T, what string, f func(ctx context.Context) error) {
+	t.Helper()
+	if err := poll(ctx, what, f); err != nil {
+		t.Fatal(err)
+	}
+}
