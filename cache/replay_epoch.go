@@ -86,14 +86,22 @@ type epochInput struct {
 //     its start + skew. Otherwise nothing is known to be lost.
 //   - Otherwise adopt the marker: its generation and floor (another replica
 //     may have declared a loss).
-func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time.Duration) (next epochKnowledge, m epochMarker, write int) {
+func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time.Duration) (next epochKnowledge, m epochMarker, write int, why string) {
 	cur, valid := parseMarker(in.marker)
 	present := in.present && valid
 	switch {
 	case k.seen && (!present || cur.gen < k.gen || in.runID != k.runID):
 		lost := now
-		if in.runID != k.runID && in.uptime < window {
+		switch {
+		case in.runID != k.runID && in.uptime < window:
 			lost = now.Add(-in.uptime) // a restart: nothing was written after the old server stopped
+			why = LossRestarted
+		case in.runID != k.runID:
+			why = LossServerChanged
+		case !present:
+			why = LossMarkerGone
+		default:
+			why = LossMarkerOlder
 		}
 		m = epochMarker{gen: max(k.gen, cur.gen) + 1, floor: lost.Add(skew)}
 		if present && cur.floor.After(m.floor) {
@@ -107,6 +115,7 @@ func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time
 		m = epochMarker{gen: max(cur.gen, 0) + 1}
 		if in.uptime < window {
 			m.floor = now.Add(-in.uptime).Add(skew)
+			why = LossRestarted
 		}
 		write = markerCreate
 		if in.present {
@@ -114,9 +123,28 @@ func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time
 		}
 	default:
 		m, write = cur, markerKeep
+		if cur.gen != k.gen && !cur.floor.IsZero() {
+			why = LossDeclaredElsewhere
+		}
 	}
-	return epochKnowledge{seen: true, gen: m.gen, runID: in.runID}, m, write
+	return epochKnowledge{seen: true, gen: m.gen, runID: in.runID}, m, write, why
 }
+
+// Why a replay store raised its floor, as RedisReplayOptions.OnLoss is told.
+const (
+	// LossRestarted: the server started less than a proof window ago
+	// (another run_id than before, or the first look at a young server).
+	LossRestarted = "restarted"
+	// LossServerChanged: another server answers (a failover).
+	LossServerChanged = "server_changed"
+	// LossMarkerGone: the epoch marker is gone (a flush, or a restart that
+	// kept the run_id, which Redis does not do).
+	LossMarkerGone = "marker_gone"
+	// LossMarkerOlder: the marker went back to an older generation.
+	LossMarkerOlder = "marker_older"
+	// LossDeclaredElsewhere: another replica declared a loss.
+	LossDeclaredElsewhere = "declared_elsewhere"
+)
 
 // errOldRedis is returned when the server cannot run SET … NX GET.
 var errOldRedis = errors.New("Redis 7.0 or later is required (SET with NX and GET)")
@@ -171,7 +199,7 @@ func (sh *redisShard) verify(ctx context.Context) error {
 			k := r.epochs[key]
 			r.mu.Unlock()
 			now := r.clock.Now()
-			next, m, write := epochStep(k, in, now, time.Duration(r.skew.Load()), time.Duration(r.window.Load()))
+			next, m, write, why := epochStep(k, in, now, time.Duration(r.skew.Load()), time.Duration(r.window.Load()))
 			value := m.String()
 			switch write {
 			case markerCreate:
@@ -191,8 +219,10 @@ func (sh *redisShard) verify(ctx context.Context) error {
 			r.mu.Lock()
 			r.epochs[key] = next
 			r.mu.Unlock()
-			if !m.floor.IsZero() {
-				atomicMax(&sh.floor, m.floor.UnixNano())
+			// A floor older than a proof window refuses nothing: not worth a word.
+			live := m.floor.After(now.Add(-time.Duration(r.window.Load())))
+			if !m.floor.IsZero() && atomicMax(&sh.floor, m.floor.UnixNano()) && live && why != "" && r.onLoss != nil {
+				r.onLoss(why, m.floor)
 			}
 			sh.refreshedAt.Store(time.Now().UnixNano())
 			sh.failingSince.Store(0)

@@ -24,22 +24,26 @@ func TestEpochStep(t *testing.T) {
 		wantGen   int64
 		wantFloor time.Time // zero: none
 		wantWrite int
+		wantWhy   string
 	}{
-		{"unchanged", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 3, time.Time{}, markerKeep},
-		{"another replica declared a loss", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(4, now.Add(time.Second))}, 4, now.Add(time.Second), markerKeep},
-		{"marker gone (flush, restart)", known, epochInput{runID: "A", uptime: time.Hour}, 4, now.Add(skew), markerCreate},
-		{"marker went back", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(1, time.Time{})}, 4, now.Add(skew), markerOverwrite},
-		{"another server (failover)", known, epochInput{runID: "B", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite},
-		{"restarted, no marker", known, epochInput{runID: "B", uptime: time.Second}, 4, now.Add(-time.Second).Add(skew), markerCreate},
-		{"failed over to a long-running replica", known, epochInput{runID: "B", uptime: time.Hour}, 4, now.Add(skew), markerCreate},
-		{"first sight, long-running store", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour}, 1, time.Time{}, markerCreate},
-		{"first sight, store started within a window", epochKnowledge{}, epochInput{runID: "A", uptime: 3 * time.Second}, 1, now.Add(-3 * time.Second).Add(skew), markerCreate},
-		{"first sight, marker with a floor", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(7, now.Add(2*time.Second))}, 7, now.Add(2 * time.Second), markerKeep},
-		{"malformed marker", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: "x"}, 4, now.Add(skew), markerOverwrite},
+		{"unchanged", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 3, time.Time{}, markerKeep, ""},
+		{"another replica declared a loss", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(4, now.Add(time.Second))}, 4, now.Add(time.Second), markerKeep, LossDeclaredElsewhere},
+		{"marker gone (flush, restart)", known, epochInput{runID: "A", uptime: time.Hour}, 4, now.Add(skew), markerCreate, LossMarkerGone},
+		{"marker went back", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(1, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossMarkerOlder},
+		{"another server (failover)", known, epochInput{runID: "B", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
+		{"restarted, no marker", known, epochInput{runID: "B", uptime: time.Second}, 4, now.Add(-time.Second).Add(skew), markerCreate, LossRestarted},
+		{"failed over to a long-running replica", known, epochInput{runID: "B", uptime: time.Hour}, 4, now.Add(skew), markerCreate, LossServerChanged},
+		{"first sight, long-running store", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour}, 1, time.Time{}, markerCreate, ""},
+		{"first sight, store started within a window", epochKnowledge{}, epochInput{runID: "A", uptime: 3 * time.Second}, 1, now.Add(-3 * time.Second).Add(skew), markerCreate, LossRestarted},
+		{"first sight, marker with a floor", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(7, now.Add(2*time.Second))}, 7, now.Add(2 * time.Second), markerKeep, LossDeclaredElsewhere},
+		{"malformed marker", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: "x"}, 4, now.Add(skew), markerOverwrite, LossMarkerGone},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			next, m, write := epochStep(tt.k, tt.in, now, skew, window)
+			next, m, write, why := epochStep(tt.k, tt.in, now, skew, window)
+			if why != tt.wantWhy {
+				t.Errorf("why %q, want %q", why, tt.wantWhy)
+			}
 			if m.gen != tt.wantGen || !m.floor.Equal(tt.wantFloor) || write != tt.wantWrite {
 				t.Errorf("epochStep = gen %d floor %v write %d; want gen %d floor %v write %d", m.gen, m.floor, write, tt.wantGen, tt.wantFloor, tt.wantWrite)
 			}

@@ -63,6 +63,10 @@ type RedisReplayOptions struct {
 	FutureSkew time.Duration
 	// Clock tells time (authz.SystemClock when nil).
 	Clock authz.Clock
+	// OnLoss, when not nil, is told each time a shard raises its floor:
+	// why (one of the Loss* constants) and the floor. It runs on the request
+	// path, rarely; it must not block.
+	OnLoss func(why string, floor time.Time)
 }
 
 // RedisReplay is the replay store shared by every replica through Redis
@@ -106,6 +110,7 @@ type RedisReplay struct {
 	clock      authz.Clock
 	ids        *ServerIdentities
 	newBreaker func(string) *Breaker
+	onLoss     func(string, time.Time)
 
 	skew   atomic.Int64 // largest future skew of the users, ns
 	window atomic.Int64 // largest ttl asked for, ns: the acceptance window
@@ -135,7 +140,7 @@ func NewRedisReplay(client redis.UniversalClient, o RedisReplayOptions) *RedisRe
 	_, _ = rand.Read(b[:])
 	r := &RedisReplay{
 		client: client, prefix: o.Prefix, timeout: o.Timeout, clock: o.Clock, ids: o.Identities,
-		newBreaker: o.NewBreaker, valuePrefix: hex.EncodeToString(b[:]) + ":",
+		newBreaker: o.NewBreaker, onLoss: o.OnLoss, valuePrefix: hex.EncodeToString(b[:]) + ":",
 		shards: map[string]*redisShard{}, epochs: map[string]epochKnowledge{},
 	}
 	r.skew.Store(int64(o.FutureSkew))
@@ -271,12 +276,15 @@ func (r *RedisReplay) reloadSlots() {
 	r.cluster.ReloadState(context.Background())
 }
 
-// atomicMax raises a to v when v is larger.
-func atomicMax(a *atomic.Int64, v int64) {
+// atomicMax raises a to v when v is larger, and reports whether it did.
+func atomicMax(a *atomic.Int64, v int64) bool {
 	for {
 		cur := a.Load()
-		if v <= cur || a.CompareAndSwap(cur, v) {
-			return
+		if v <= cur {
+			return false
+		}
+		if a.CompareAndSwap(cur, v) {
+			return true
 		}
 	}
 }

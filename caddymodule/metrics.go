@@ -66,6 +66,7 @@ type helseidMetrics struct {
 	jwksRefreshes      *prometheus.CounterVec
 	replays            prometheus.Counter
 	replayFallbacks    prometheus.Counter
+	replayLosses       *prometheus.CounterVec
 	invalidations      *prometheus.CounterVec
 	breakerTransitions *prometheus.CounterVec
 	breakerState       *breakerCollector
@@ -114,6 +115,9 @@ func newHelseidMetrics() *helseidMetrics {
 			"DPoP proofs refused because they were used before."))),
 		replayFallbacks: prometheus.NewCounter(prometheus.CounterOpts(opts("replay_store_fallbacks_total",
 			"Replay checks answered by the in-process store because Redis failed (on_store_error local)."))),
+		replayLosses: prometheus.NewCounterVec(prometheus.CounterOpts(opts("replay_store_losses_total",
+			"Times a shard of the Redis replay store raised its floor because records may have been lost, by why (restarted, server_changed, marker_gone, marker_older, declared_elsewhere).")),
+			[]string{"why"}),
 		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("membership_invalidations_total",
 			"Events of the membership invalidation subscriber (applied, malformed, resubscribed).")),
 			[]string{"event"}),
@@ -169,7 +173,7 @@ func (m *helseidMetrics) resolve(outcome, reason string) reasonMetrics {
 func (m *helseidMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.requests, m.duration, m.membership, m.registryCalls, m.jwksRefreshes, m.replays,
-		m.replayFallbacks, m.invalidations, m.breakerTransitions, m.breakerState,
+		m.replayFallbacks, m.replayLosses, m.invalidations, m.breakerTransitions, m.breakerState,
 	}
 }
 

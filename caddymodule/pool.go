@@ -148,6 +148,7 @@ func (h *Handler) replayStore(pr *pooledRedis, futureSkew time.Duration) (authz.
 		return local, nil
 	}
 	logger := h.logger
+	m := getMetrics()
 	key := "replay|" + h.Redis.PoolKey() + "|" + h.Redis.Prefix()
 	v, _, err = pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return pooledReplay{cache.NewRedisReplay(pr.client, cache.RedisReplayOptions{
@@ -160,6 +161,11 @@ func (h *Handler) replayStore(pr *pooledRedis, futureSkew time.Duration) (authz.
 				liveBreakers.add(br)
 				return br
 			},
+			OnLoss: func(why string, floor time.Time) {
+				m.replayLosses.WithLabelValues(why).Inc()
+				logger.Warn("redis replay store may have lost records: refusing proofs issued before the floor",
+					zap.String("why", why), zap.Time("floor", floor))
+			},
 		})}, nil
 	})
 	if err != nil {
@@ -168,7 +174,6 @@ func (h *Handler) replayStore(pr *pooledRedis, futureSkew time.Duration) (authz.
 	h.poolKeys = append(h.poolKeys, key)
 	shared := v.(pooledReplay).RedisReplay
 	shared.AllowFutureSkew(futureSkew)
-	m := getMetrics()
 	return cache.NewTieredReplay(local, shared, h.OnStoreError, func(err error) {
 		m.replayFallbacks.Inc()
 		if h.depLog.allow() {
