@@ -62,10 +62,14 @@ const (
 // epochInput is what a verification read: the server's identity and uptime,
 // and the marker (present false when the key did not exist).
 type epochInput struct {
-	runID   string
-	uptime  time.Duration
-	present bool
-	marker  string
+	runID  string
+	uptime time.Duration
+	// promoted: the server took over as master from another one since it
+	// started (a failover), so its start says nothing of when records were
+	// last written to its predecessor.
+	promoted bool
+	present  bool
+	marker   string
 }
 
 // epochStep decides, from what this process knew of a marker (k) and what the
@@ -78,12 +82,14 @@ type epochInput struct {
 //     back, or the server is another one (another run_id: a restart, a
 //     failover): records may be lost. Declare it: a new generation whose
 //     floor is now + skew (a proof accepted before now was issued before it),
-//     or, for a server that started less than a window ago, its start + skew
-//     (uptime is in whole seconds, so the start read is never too early).
+//     or, for a server that started less than a window ago and was not
+//     promoted since, its start + skew (nothing reached it before it started;
+//     uptime is in whole seconds, so the start read is never too early).
 //   - The marker is gone and this process never saw it: a new store, or one
-//     that lost its records before this process looked. If the server started
-//     less than a window ago, records before its start are gone: the floor is
-//     its start + skew. Otherwise nothing is known to be lost.
+//     that lost its records before this process looked. If the server was
+//     promoted (a failover), the floor is now + skew; if it started less than
+//     a window ago, records before its start are gone: the floor is its
+//     start + skew. Otherwise nothing is known to be lost.
 //   - Otherwise adopt the marker: its generation and floor (another replica
 //     may have declared a loss).
 func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time.Duration) (next epochKnowledge, m epochMarker, write int, why string) {
@@ -93,7 +99,7 @@ func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time
 	case k.seen && (!present || cur.gen < k.gen || in.runID != k.runID):
 		lost := now
 		switch {
-		case in.runID != k.runID && in.uptime < window:
+		case in.runID != k.runID && in.uptime < window && !in.promoted:
 			lost = now.Add(-in.uptime) // a restart: nothing was written after the old server stopped
 			why = LossRestarted
 		case in.runID != k.runID:
@@ -113,7 +119,11 @@ func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time
 		}
 	case !present:
 		m = epochMarker{gen: max(cur.gen, 0) + 1}
-		if in.uptime < window {
+		switch {
+		case in.promoted:
+			m.floor = now.Add(skew)
+			why = LossServerChanged
+		case in.uptime < window:
 			m.floor = now.Add(-in.uptime).Add(skew)
 			why = LossRestarted
 		}
@@ -177,11 +187,11 @@ func (sh *redisShard) verify(ctx context.Context) error {
 			return err
 		}
 		pipe := node.Pipeline()
-		info := pipe.Info(ctx, "server")
+		info := pipe.Info(ctx, "server", "replication")
 		cur := pipe.GetEx(ctx, key, markerTTL)
 		_, _ = pipe.Exec(ctx)
 		if err := info.Err(); err != nil {
-			return fmt.Errorf("INFO server: %w", err)
+			return fmt.Errorf("INFO server replication: %w", err)
 		}
 		if err := cur.Err(); err != nil && !errors.Is(err, redis.Nil) {
 			return err
@@ -193,7 +203,7 @@ func (sh *redisShard) verify(ctx context.Context) error {
 		if srv.major < 7 {
 			return errOldRedis
 		}
-		in := epochInput{runID: srv.runID, uptime: srv.uptime, present: cur.Err() == nil, marker: cur.Val()}
+		in := epochInput{runID: srv.runID, uptime: srv.uptime, promoted: srv.promoted, present: cur.Err() == nil, marker: cur.Val()}
 		for range 2 { // a second round when another replica created the marker first
 			r.mu.Lock()
 			k := r.epochs[key]
@@ -256,9 +266,10 @@ func (r *RedisReplay) markerKey(ctx context.Context, sh *redisShard) (string, re
 
 // serverInfo is what verify reads of INFO server.
 type serverInfo struct {
-	runID  string
-	major  int
-	uptime time.Duration
+	runID    string
+	major    int
+	uptime   time.Duration
+	promoted bool // INFO replication: a previous replication ID (second_repl_offset set)
 }
 
 func parseServerInfo(s string) serverInfo {
@@ -274,6 +285,8 @@ func parseServerInfo(s string) serverInfo {
 		case "redis_version":
 			maj, _, _ := strings.Cut(v, ".")
 			si.major, _ = strconv.Atoi(maj)
+		case "second_repl_offset":
+			si.promoted = v != "-1"
 		case "uptime_in_seconds":
 			n, _ := strconv.ParseInt(v, 10, 64)
 			si.uptime = time.Duration(n) * time.Second

@@ -33,6 +33,8 @@ func TestEpochStep(t *testing.T) {
 		{"another server (failover)", known, epochInput{runID: "B", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
 		{"restarted, no marker", known, epochInput{runID: "B", uptime: time.Second}, 4, now.Add(-time.Second).Add(skew), markerCreate, LossRestarted},
 		{"failed over to a long-running replica", known, epochInput{runID: "B", uptime: time.Hour}, 4, now.Add(skew), markerCreate, LossServerChanged},
+		{"failed over to a young replica", known, epochInput{runID: "B", uptime: time.Second, promoted: true, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
+		{"first sight, promoted without a marker", epochKnowledge{}, epochInput{runID: "B", uptime: time.Second, promoted: true}, 1, now.Add(skew), markerCreate, LossServerChanged},
 		{"first sight, long-running store", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour}, 1, time.Time{}, markerCreate, ""},
 		{"first sight, store started within a window", epochKnowledge{}, epochInput{runID: "A", uptime: 3 * time.Second}, 1, now.Add(-3 * time.Second).Add(skew), markerCreate, LossRestarted},
 		{"first sight, marker with a floor", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(7, now.Add(2*time.Second))}, 7, now.Add(2 * time.Second), markerKeep, LossDeclaredElsewhere},

@@ -1,0 +1,111 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/redistopo"
+)
+
+// TestRedisReplayClusterDeadShard: with one of three masters dead, the keys
+// the other masters own are answered as before (their shards have their own
+// queue and breaker), the dead shard's keys fail, and after the promotion of
+// its replica the store follows the slot map to it, declares the loss of
+// what the dead master may not have replicated, and accepts proofs issued
+// after that.
+func TestRedisReplayClusterDeadShard(t *testing.T) {
+	cl := redistopo.StartCluster(t)
+	opts, err := RedisConfig{Addrs: cl.Addrs()}.UniversalOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, ids := NewRedisClient(opts)
+	t.Cleanup(func() { _ = client.Close() })
+	cc := client.(*redis.ClusterClient)
+	const skew = 500 * time.Millisecond
+	var losses []string
+	s := NewRedisReplay(client, RedisReplayOptions{Prefix: "hg-cluster:", Identities: ids, FutureSkew: skew,
+		OnLoss: func(why string, _ time.Time) { losses = append(losses, why) }})
+
+	// Keys on every master, each used once while all are alive.
+	dead := cl.Masters[0].Addr
+	byOwner := map[bool][]string{} // owned by the master about to die?
+	for i := 0; len(byOwner[true]) < 5 || len(byOwner[false]) < 20; i++ {
+		key := fmt.Sprintf("jkt:k%d", i)
+		node, err := cc.MasterForKey(t.Context(), "hg-cluster:"+replaySpace+key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		owned := node.Options().Addr == dead
+		byOwner[owned] = append(byOwner[owned], key)
+	}
+	before := time.Now()
+	for _, k := range append(byOwner[true][:5], byOwner[false][:10]...) {
+		if fresh, err := s.FirstUse(t.Context(), k, before, ttl); !fresh || err != nil {
+			t.Fatalf("%s with every master alive: %v %v", k, fresh, err)
+		}
+	}
+
+	cl.KillMaster(0)
+	// The live shards answer: replays are replays, new proofs are fresh.
+	for i, k := range byOwner[false][:10] {
+		if fresh, err := s.FirstUse(t.Context(), k, before, ttl); fresh || err != nil {
+			t.Errorf("a replay on a live shard with another master dead: %v %v", fresh, err)
+		}
+		nk := byOwner[false][10+i] // never used, also on a live shard
+		if fresh, err := s.FirstUse(t.Context(), nk, time.Now(), ttl); !fresh || err != nil {
+			t.Errorf("a new proof on a live shard with another master dead: %v %v", fresh, err)
+		}
+	}
+	// The dead shard's keys fail (breaker or connection), and never as fresh.
+	for _, k := range byOwner[true][:5] {
+		fresh, err := s.FirstUse(t.Context(), k, before, ttl)
+		var sf *StoreFailure
+		if fresh || !errors.As(err, &sf) {
+			t.Errorf("a key of the dead master: FirstUse = %v, %v; want a StoreFailure", fresh, err)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	if _, err := cl.WaitPromotion(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	promoted := time.Now()
+	// Proofs issued before the promotion on the dead master's slots are
+	// refused (the new master may lack the last writes); the store follows
+	// the new slot map without go-redis's 60 s periodic reload.
+	k := byOwner[true][0]
+	var last error
+	for time.Since(promoted) < 10*time.Second {
+		fresh, err := s.FirstUse(t.Context(), k, before, ttl)
+		if fresh {
+			t.Fatalf("a proof issued before the failover was accepted again after it")
+		}
+		if last = err; errors.Is(err, authz.ErrStoreRecovering) || err == nil {
+			break // the loss was declared, or the key was replicated: a replay
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if last != nil && !errors.Is(last, authz.ErrStoreRecovering) {
+		t.Fatalf("the store did not follow the promotion: %v", last)
+	}
+	// A proof issued after the loss floor is accepted on the promoted shard.
+	for i := 0; ; i++ {
+		fresh, err := s.FirstUse(t.Context(), fmt.Sprintf("%s-after%d", k, i), time.Now(), ttl)
+		if fresh && err == nil {
+			break
+		}
+		if time.Since(promoted) > 10*time.Second {
+			t.Fatalf("no proof accepted on the promoted shard: %v %v", fresh, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("losses declared: %v", losses)
+}
