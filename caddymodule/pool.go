@@ -97,6 +97,7 @@ func (h *Handler) redisClient() (*pooledRedis, error) {
 	logger := h.logger
 	rcfg := *h.Redis
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		installRedisLogger(rcfg.Secrets()) // before the client can log
 		br := cache.NewBreaker("redis", cache.WithStateChange(breakerChanged(logger)))
 		pr := &pooledRedis{client: redis.NewUniversalClient(opts), breaker: br, addrs: opts.Addrs, redact: rcfg.Redact}
 		liveBreakers.add(br)
