@@ -86,6 +86,11 @@ type MembershipCacheOptions struct {
 	OnInvalidation func(event string)
 	// Logger receives the subscriber's warnings. Default: no logging.
 	Logger *zap.Logger
+	// Context is the cache's lifetime: background refreshes (see
+	// CachedMembership) run on it, not on the request that started them,
+	// and end when it is done. Pass the context that ends with the cache's
+	// user. Default: a context that never ends.
+	Context context.Context
 }
 
 // MembershipFetchTimeout returns the FetchTimeout for a registry source whose
@@ -116,6 +121,19 @@ func MembershipFetchTimeout(registryTimeout, redisTimeout time.Duration) time.Du
 // the registry's error is returned. ErrRegistryConfig is never masked: a
 // registry refusing our credentials is our misconfiguration.
 //
+// An expired answer is refreshed synchronously while the registry works: the
+// lookup waits for the registry, so a membership the registry revoked is not
+// accepted past its TTL. Only while the registry is failing (the last call of
+// this cache to it failed: an error, a timeout, or a refusal of its open or
+// half-open breaker) is a last-known answer younger than StaleFor served at
+// once, without waiting, and refreshed in the background: one fill per
+// (service, org) at a time, on the cache's lifetime context (Context), bounded
+// by FetchTimeout, storing its answer in both tiers. A background refresh that
+// succeeds marks the registry as working again. The price is that, while the
+// registry is failing, an answer the registry has since changed is served
+// until its refresh completes; and the first expired lookups after the
+// registry starts failing still wait, since nothing has failed yet.
+//
 // Redis failures never fail a lookup: a Redis that does not answer counts as
 // a miss of that tier. Invalidations published on the Redis channel (see
 // Publish) are applied by Subscribe.
@@ -137,6 +155,13 @@ type CachedMembership struct {
 	rt    *memRedis // nil without Redis
 
 	flights singleflight.Group
+	// refreshing holds the flight keys of background refreshes in flight,
+	// so that lookups served stale meanwhile do not pile up on the flight.
+	refreshing sync.Map
+	// failing is true while the registry is failing: the last registry call
+	// of a fill failed (ErrRegistryConfig excepted: the registry answered).
+	failing atomic.Bool
+	life    context.Context // background refreshes run on it
 	// epoch counts local evictions. A fill that began in an older epoch
 	// does not store its answer: it may predate the invalidation.
 	epoch        atomic.Uint64
@@ -177,7 +202,11 @@ func NewCachedMembership(next authz.Membership, opts MembershipCacheOptions) *Ca
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	if opts.Context == nil {
+		opts.Context = context.Background()
+	}
 	c := &CachedMembership{
+		life:     opts.Context,
 		next:     next,
 		clock:    opts.Clock,
 		posTTL:   opts.PositiveTTL,
@@ -208,6 +237,11 @@ func (c *CachedMembership) Lookup(ctx context.Context, service, org string) (aut
 	c.report(TierLocal, ResultMiss)
 	c.subscribeIfAsked(ctx)
 
+	if c.failing.Load() {
+		if ans, ok := c.serveStale(ctx, k, e); ok {
+			return ans, nil
+		}
+	}
 	r, err := c.fetch(ctx, k)
 	if r.redis != "" {
 		c.report(TierRedis, r.redis)
@@ -241,9 +275,7 @@ type fillResult struct {
 // fetch runs, or joins, the fill of k and waits for it or for ctx.
 func (c *CachedMembership) fetch(ctx context.Context, k memKey) (fillResult, error) {
 	epoch := c.epoch.Load()
-	// The epoch is part of the flight key: a request that arrives after an
-	// invalidation never joins a fill that began before it.
-	key := fmt.Sprintf("%d\x00%s\x00%s", epoch, k.service, k.org)
+	key := flightKey(epoch, k)
 	fillCtx := context.WithoutCancel(ctx) // keeps trace spans, not the caller's deadline
 	ch := c.flights.DoChan(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(fillCtx, c.fetchMax)
@@ -257,6 +289,76 @@ func (c *CachedMembership) fetch(ctx context.Context, k memKey) (fillResult, err
 	case <-ctx.Done():
 		return fillResult{}, fmt.Errorf("%w: %w", authz.ErrRegistryUnavailable, ctx.Err())
 	}
+}
+
+// flightKey names the fill of k begun in epoch. The epoch is part of it: a
+// request that arrives after an invalidation never joins a fill that began
+// before it.
+func flightKey(epoch uint64, k memKey) string {
+	return fmt.Sprintf("%d\x00%s\x00%s", epoch, k.service, k.org)
+}
+
+// serveStale answers a lookup at once, while the registry is failing, with
+// the last-known answer of k younger than StaleFor: the in-process entry e
+// or, without one, the Redis tier's (then kept in-process, so that the next
+// lookups find it there). It starts a background refresh of k and reports
+// false when there is nothing young enough to serve: the lookup then goes
+// through the registry as usual.
+func (c *CachedMembership) serveStale(ctx context.Context, k memKey, e *memEntry) (authz.Answer, bool) {
+	ans, ok := c.lastKnown(e, nil)
+	redisResult := ""
+	if !ok && c.rt != nil {
+		epoch := c.epoch.Load()
+		got, found, err := c.rt.get(ctx, k)
+		if err != nil || !found {
+			return authz.Answer{}, false
+		}
+		got.Source = TierRedis
+		if c.fresh(got, c.clock.Now()) {
+			c.storeLocal(k, got, epoch)
+			c.report(TierRedis, ResultHit)
+			return got, true
+		}
+		if ans, ok = c.lastKnown(nil, &got); !ok {
+			return authz.Answer{}, false
+		}
+		c.storeLocal(k, got, epoch) // past its TTL: only ever served stale
+		redisResult = ResultMiss
+	}
+	if !ok {
+		return authz.Answer{}, false
+	}
+	c.refresh(k)
+	if redisResult != "" {
+		c.report(TierRedis, redisResult)
+	}
+	c.report(TierRegistry, ResultStale)
+	return ans, true
+}
+
+// refresh starts the fill of k in the background on the cache's lifetime
+// context, bounded by FetchTimeout, unless a fill of k is already in flight.
+// Nobody waits for it; what it finds is kept in both tiers as any fill's.
+func (c *CachedMembership) refresh(k memKey) {
+	if c.life.Err() != nil {
+		return
+	}
+	epoch := c.epoch.Load()
+	key := flightKey(epoch, k)
+	if _, busy := c.refreshing.LoadOrStore(key, struct{}{}); busy {
+		return
+	}
+	ch := c.flights.DoChan(key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(c.life, c.fetchMax)
+		defer cancel()
+		return c.fill(ctx, k, epoch)
+	})
+	// The flight may be a lookup's, joined rather than started: whichever
+	// it is, the refresh is over when it ends.
+	go func() {
+		<-ch
+		c.refreshing.Delete(key)
+	}()
 }
 
 // fill is one shared look through the Redis tier and the registry.
@@ -286,6 +388,8 @@ func (c *CachedMembership) fill(ctx context.Context, k memKey, epoch uint64) (fi
 		}
 	}
 	ans, err := c.next.Lookup(ctx, k.service, k.org)
+	// A registry refusing our credentials answered: it is not failing.
+	c.failing.Store(err != nil && !errors.Is(err, authz.ErrRegistryConfig))
 	if err != nil {
 		return r, err
 	}

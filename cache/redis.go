@@ -247,6 +247,12 @@ func (c RedisConfig) Redact(err error) error {
 	return c.redact(err)
 }
 
+// Secrets returns every form of the password this configuration holds (the
+// Password field and the URL's userinfo, raw and decoded), for redacting
+// text that the client made from it may write, such as its log lines. Empty
+// without a password.
+func (c RedisConfig) Secrets() []string { return c.secrets() }
+
 // redact prefixes err for the operator and removes every form of the
 // password it can know: the Password field and the userinfo of the URL,
 // raw and decoded, even when the URL does not parse.

@@ -224,6 +224,7 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 			FetchTimeout:   fetchTimeout,
 			Clock:          authz.SystemClock,
 			Logger:         logger,
+			Context:        mctx, // background refreshes end with the last user
 			OnResult:       metrics.membershipResult,
 			OnInvalidation: func(event string) { metrics.invalidations.WithLabelValues(event).Inc() },
 		}

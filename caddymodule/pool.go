@@ -98,6 +98,7 @@ func (h *Handler) redisClient() (*pooledRedis, error) {
 	logger := h.logger
 	rcfg := *h.Redis
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		installRedisLogger(rcfg.Secrets()) // before the client can log
 		br := newRedisBreaker(logger)
 		client, ids := cache.NewRedisClient(opts)
 		pr := &pooledRedis{client: client, ids: ids, breaker: br, addrs: opts.Addrs, redact: rcfg.Redact}

@@ -482,11 +482,13 @@ func TestMembershipRegistryDown(t *testing.T) {
 	})
 
 	// Each failure once, before the breaker opens (5 failures: these six
-	// lookups open it on the fifth).
+	// lookups open it on the fifth). The member's lookups are served stale at
+	// once and refreshed in the background, so the registry keeps failing
+	// from one subtest to the next: a refresh that succeeded in between
+	// would make the next subtest's answer fresh.
 	for _, f := range []registrysim.Failure{registrysim.Status(503), registrysim.Status(429), registrysim.Down()} {
 		t.Run(f.String(), func(t *testing.T) {
 			reg.SetFailure(f)
-			defer reg.SetFailure(registrysim.None())
 
 			unknown := newOrg(t)
 			before := reg.Calls()
@@ -944,4 +946,76 @@ http://127.0.0.1:8080 {
 			t.Errorf("the error names line %d, want one of the membership block (%d–%d):\n%s", line, first, first+2, out)
 		}
 	})
+}
+
+// While the registry hangs after a failure, a cached member whose answer has
+// expired (inside stale_for) is answered 200 at once: the response arrives
+// while the registry simulator still holds the one background refresh, which,
+// once the registry answers, makes the answer fresh again.
+func TestMembershipRegistryHangsServesStaleAtOnce(t *testing.T) {
+	member := newOrg(t)
+	reg := startRegistry(t, registrysim.Options{Members: []authz.Authorization{active(member)}})
+	up := newUpstream(t)
+	g := startGateway(t, 1, simpleSite(sharedSim.Issuer(), up.URL(),
+		// A registry timeout far beyond the test: the held refresh stays
+		// held until the test lets it go.
+		membershipBlock("registry "+reg.URL(), "cache_ttl 1s", "negative_ttl 1s", "stale_for 1h", "timeout 30s")))
+	c := newCaller(t, sharedSim)
+	url := g.url(0, "/api/h")
+	stale := func() bool { e := g.lastAudit(); return e != nil && e["membership_stale"] == true }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 15 s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	warmed := time.Now()
+	r, _ := c.asOrg(t, url, member)
+	expectMemberOK(t, up, r)
+	time.Sleep(time.Until(warmed.Add(1100 * time.Millisecond))) // past cache_ttl
+
+	// The registry fails: this request waits for it (it worked until now),
+	// and is served the last-known answer.
+	reg.SetFailure(registrysim.Status(http.StatusServiceUnavailable))
+	r, _ = c.asOrg(t, url, member)
+	expectMemberOK(t, up, r)
+	if !stale() {
+		t.Fatalf("with the registry failing the answer is not marked stale: %v", g.lastAudit())
+	}
+
+	// Now it hangs. Each request is answered while the simulator holds the
+	// one refresh, which only the test can let go.
+	reg.SetFailure(registrysim.Hang())
+	before := reg.Calls()
+	for i := range 3 {
+		r, _ := c.asOrg(t, url, member)
+		expectMemberOK(t, up, r)
+		if !stale() {
+			t.Fatalf("request %d: the answer is not marked stale: %v", i, g.lastAudit())
+		}
+		waitFor("the background refresh reaching the registry", func() bool { return reg.Held() == 1 })
+		if n := reg.Calls() - before; n != 1 {
+			t.Fatalf("after %d requests while the registry hangs: %d registry calls, want 1", i+1, n)
+		}
+	}
+
+	// The registry answers the held refresh: the member's answer is fresh again.
+	reg.SetFailure(registrysim.None())
+	released := time.Now()
+	waitFor("the held refresh answered", func() bool { return reg.Held() == 0 })
+	waitFor("a fresh answer after the refresh", func() bool {
+		r, _ := c.asOrg(t, url, member)
+		expectMemberOK(t, up, r)
+		return !stale()
+	})
+	// The refreshed answer is fresh for cache_ttl (1 s): within it, no
+	// request asked the registry again.
+	if n := reg.Calls() - before; n != 1 && time.Since(released) < 900*time.Millisecond {
+		t.Errorf("%d registry calls since the registry hung, want the one refresh", n)
+	}
 }

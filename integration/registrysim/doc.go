@@ -13,8 +13,9 @@
 // The authorizations come from Options.Members and/or a members file in the
 // file format of SPEC §5 ({"authorizations":[…]}), and can be changed while
 // it runs (Set, Remove). SetFailure makes it misbehave the ways a real
-// registry does: 5xx, 429, slow answers, dropped connections. Calls counts
-// the lookups that reached it.
+// registry does: 5xx, 429, slow answers, dropped connections, lookups held
+// until the test lets them go (Hang, Held). Calls counts the lookups that
+// reached it.
 //
 // It checks nothing about the organization numbers it is asked for or
 // given: it answers what it holds. Never expose it.

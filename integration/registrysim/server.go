@@ -80,7 +80,7 @@ type Options struct {
 	Token string
 }
 
-// Failure is how the simulator misbehaves; see None, Status, Slow, Down.
+// Failure is how the simulator misbehaves; see None, Status, Slow, Down, Hang.
 type Failure struct {
 	kind   failureKind
 	status int
@@ -94,6 +94,7 @@ const (
 	kindStatus
 	kindSlow
 	kindDown
+	kindHang
 )
 
 // None answers normally.
@@ -112,6 +113,11 @@ func Slow(d time.Duration) Failure { return Failure{kind: kindSlow, delay: d} }
 // error.
 func Down() Failure { return Failure{kind: kindDown} }
 
+// Hang holds every lookup without an answer until the failure is changed
+// (SetFailure) to anything but Hang, then answers it as the new failure
+// says, or until the caller gives up. Held reports how many it holds.
+func Hang() Failure { return Failure{kind: kindHang} }
+
 // String is for test logs.
 func (f Failure) String() string {
 	switch f.kind {
@@ -121,6 +127,8 @@ func (f Failure) String() string {
 		return "slow " + f.delay.String()
 	case kindDown:
 		return "down"
+	case kindHang:
+		return "hang"
 	default:
 		return "none"
 	}
@@ -137,10 +145,12 @@ type Server struct {
 	done  chan struct{}
 
 	calls atomic.Int64
+	held  atomic.Int64
 
 	mu      sync.Mutex
 	members map[key]authz.Authorization
 	failure Failure
+	changed chan struct{} // closed and replaced by every SetFailure
 }
 
 // Start loads the members, listens on opts.Addr and serves in the
@@ -150,7 +160,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{token: opts.Token, members: map[key]authz.Authorization{}, done: make(chan struct{})}
+	s := &Server{token: opts.Token, members: map[key]authz.Authorization{}, done: make(chan struct{}), changed: make(chan struct{})}
 	if opts.MembersFile != "" {
 		doc, err := ReadDocument(opts.MembersFile)
 		if err != nil {
@@ -216,23 +226,49 @@ func (s *Server) Remove(org, service string) {
 }
 
 // SetFailure makes every later lookup fail as f says (None to recover).
-// Lookups already waiting in Slow keep their delay.
+// Lookups already waiting in Slow keep their delay; lookups held by Hang are
+// answered as f says.
 func (s *Server) SetFailure(f Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failure = f
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 // Calls returns how many lookups reached the simulator since Start, failed,
-// slow and refused ones included.
+// slow, held and refused ones included.
 func (s *Server) Calls() int64 { return s.calls.Load() }
+
+// Held returns how many lookups Hang holds now.
+func (s *Server) Held() int64 { return s.held.Load() }
+
+// current returns the failure in force and a channel closed when it
+// changes.
+func (s *Server) current() (Failure, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failure, s.changed
+}
 
 // handleLookup serves contract v1.
 func (s *Server) handleLookup(w http.ResponseWriter, r *http.Request) {
 	s.calls.Add(1)
-	s.mu.Lock()
-	f := s.failure
-	s.mu.Unlock()
+	f, changed := s.current()
+	if f.kind == kindHang {
+		s.held.Add(1)
+		for f.kind == kindHang && r.Context().Err() == nil {
+			select {
+			case <-r.Context().Done():
+			case <-changed:
+				f, changed = s.current()
+			}
+		}
+		s.held.Add(-1)
+		if r.Context().Err() != nil {
+			return
+		}
+	}
 
 	switch f.kind {
 	case kindDown:

@@ -238,3 +238,37 @@ func TestLoopbackOnly(t *testing.T) {
 		_ = s.Close()
 	}
 }
+
+func TestHang(t *testing.T) {
+	s := start(t, Options{Members: []authz.Authorization{{Organization: orgA, Service: svc, Member: true, Status: "active"}}})
+	s.SetFailure(Hang())
+	codes := make(chan int, 1)
+	go func() {
+		code, _ := get(t, s, orgA, svc, "")
+		codes <- code
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Held() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the lookup was not held")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case code := <-codes:
+		t.Fatalf("answered %d while hanging", code)
+	default:
+	}
+	s.SetFailure(Status(http.StatusServiceUnavailable))
+	select {
+	case code := <-codes:
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("released into status 503: got %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held lookup was not released")
+	}
+	if s.Held() != 0 {
+		t.Fatalf("Held() = %d after the release", s.Held())
+	}
+}
