@@ -18,7 +18,17 @@ const (
 	subscribeWait       = 250 * time.Millisecond // the longest the first lookups wait for that
 	subscribeHealth     = 30 * time.Second       // silence after which the connection is pinged
 	subscribeMinBackoff = 100 * time.Millisecond // first wait after a failure
-	subscribeMaxBackoff = 10 * time.Second
+	// subscribeMaxBackoff caps the wait between attempts while the
+	// subscription keeps failing: short enough that the subscriber is back
+	// within a second of a failover (the new master answers on the next
+	// attempt), long enough that a dead Redis sees two attempts a second.
+	subscribeMaxBackoff = 500 * time.Millisecond
+	// subscribeReloadEvery rate-limits the reloads of a Redis Cluster's slot
+	// map that subscription failures ask for.
+	subscribeReloadEvery = 250 * time.Millisecond
+	// subscribeLogEvery rate-limits the warnings of a subscription that
+	// keeps failing.
+	subscribeLogEvery = 30 * time.Second
 )
 
 // Events reported to MembershipCacheOptions.OnInvalidation.
@@ -45,6 +55,40 @@ func InvalidationChannel(prefix string) string {
 	return prefix + membershipSpace + "invalidate"
 }
 
+// InvalidationError is the error of Publish: which of its two steps failed.
+// Each step is tried whatever became of the other.
+type InvalidationError struct {
+	// Forget is the failure of making Redis forget the answers (DEL of the
+	// pair's entry, or INCR of the generation for a wildcard); nil when done.
+	// Replicas that evict may then refill from the entries Redis kept.
+	Forget error
+	// Publish is the failure of the PUBLISH; nil when done. No other
+	// replica heard of the invalidation.
+	Publish error
+}
+
+func (e *InvalidationError) Error() string {
+	switch {
+	case e.Forget != nil && e.Publish != nil:
+		return fmt.Sprintf("cache: membership invalidation: redis tier: %v; publish: %v", e.Forget, e.Publish)
+	case e.Forget != nil:
+		return fmt.Sprintf("cache: membership invalidation: redis tier: %v", e.Forget)
+	default:
+		return fmt.Sprintf("cache: membership invalidation: publish: %v", e.Publish)
+	}
+}
+
+// Unwrap returns the failures of the steps.
+func (e *InvalidationError) Unwrap() []error {
+	var errs []error
+	for _, err := range []error{e.Forget, e.Publish} {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
 // Publish invalidates the cached answers of org for service on every replica
 // that shares the Redis behind client and runs Subscribe: it first makes
 // Redis forget them, then publishes {"service":…,"organization":…} on
@@ -53,25 +97,103 @@ func InvalidationChannel(prefix string) string {
 // everything ({"all":true}). Pass RedisConfig.Prefix() as prefix ("" is the
 // default prefix).
 //
+// It returns the number of subscribers PUBLISH reported, as Redis counted
+// them: on a Redis Cluster the message is published on the master of the
+// channel's slot, where every replica's subscription is, so the count is that
+// of the replicas listening (when that master cannot be reached, on another
+// node, which carries the message to the whole cluster but counts only its
+// own subscribers). The error, when not nil, is an *InvalidationError naming
+// the step that failed; both steps are always tried.
+//
 // A wildcard cannot be deleted key by key on Redis Cluster, so it moves every
 // replica to a new generation of keys instead: the whole Redis tier starts
 // cold, whatever the wildcard named.
-func Publish(ctx context.Context, client redis.UniversalClient, prefix, service, org string) error {
+//
+// Publish leaves every in-process tier to the subscribers, the publishing
+// process's too: use CachedMembership.Publish to evict there at once.
+func Publish(ctx context.Context, client redis.UniversalClient, prefix, service, org string) (int64, error) {
+	return publish(ctx, client, prefix, service, org, nil)
+}
+
+// publish is Publish, calling forgotten (when not nil) between the two steps
+// with what the first one did.
+func publish(ctx context.Context, client redis.UniversalClient, prefix, service, org string, forgotten func(gen int64, err error)) (int64, error) {
 	if prefix == "" {
 		prefix = DefaultKeyPrefix
-	}
-	if _, err := forgetShared(ctx, client, prefix, service, org); err != nil {
-		return fmt.Errorf("cache: membership invalidation: %w", err)
 	}
 	msg := invalidation{Service: service, Organization: org, All: service == "" && org == ""}
 	payload, err := json.Marshal(msg)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if err := client.Publish(ctx, InvalidationChannel(prefix), payload).Err(); err != nil {
-		return fmt.Errorf("cache: membership invalidation: %w", err)
+	gen, ferr := forgetShared(ctx, client, prefix, service, org)
+	if forgotten != nil {
+		forgotten(gen, ferr)
 	}
-	return nil
+	n, perr := publishMessage(ctx, client, InvalidationChannel(prefix), payload)
+	if ferr != nil || perr != nil {
+		return n, &InvalidationError{Forget: ferr, Publish: perr}
+	}
+	return n, nil
+}
+
+// publishMessage sends PUBLISH. go-redis sends it, as a command without a
+// key, to any master of a Cluster, whose answer counts only the subscribers
+// connected to that node; the subscribers are on the master of the channel's
+// slot (see subscribeLoop), so that is where it goes first.
+func publishMessage(ctx context.Context, client redis.UniversalClient, channel string, payload []byte) (int64, error) {
+	if cc, ok := client.(*redis.ClusterClient); ok {
+		node, err := cc.MasterForKey(ctx, channel)
+		if err == nil {
+			n, err := node.Publish(ctx, channel, payload).Result()
+			if err == nil {
+				return n, nil
+			}
+		}
+		// The slot map may be stale (a failover): fix it for the next
+		// time, and publish through any node, which carries the message
+		// to every node of the cluster.
+		cc.ReloadState(ctx)
+	}
+	return client.Publish(ctx, channel, payload).Result()
+}
+
+// Publish invalidates the answers of org for service as the package-level
+// Publish does, through this cache's Redis and key prefix, and evicts them
+// from this cache's in-process tier at once, once Redis has been asked to
+// forget them, whether or not that or the publication succeeded: this
+// process's own subscription may be down. It returns what Publish returns.
+// Without Redis it evicts in-process and returns 0 and nil: there is no
+// other replica to tell.
+func (c *CachedMembership) Publish(ctx context.Context, service, org string) (int64, error) {
+	if c.rt == nil {
+		c.evictLocal(service, org)
+		return 0, nil
+	}
+	wildcard := service == "" || org == ""
+	if wildcard {
+		c.rt.forgetGen()
+	}
+	return publish(ctx, c.rt.client, c.rt.prefix, service, org, func(gen int64, err error) {
+		if err == nil && wildcard {
+			c.rt.setGen(gen)
+		}
+		// After Redis: a lookup in between would otherwise refill this
+		// tier from the Redis entry being deleted.
+		c.evictLocal(service, org)
+	})
+}
+
+// EvictLocal forgets the answers of org for service ("" for either means
+// every one) in this cache's in-process tier only, and for a wildcard the
+// generation of the Redis tier it knows, so that its next Redis read follows
+// a new one. It is for the caches that share the Redis and key prefix another
+// cache's Publish went out on: it reached Redis for them.
+func (c *CachedMembership) EvictLocal(service, org string) {
+	if c.rt != nil && (service == "" || org == "") {
+		c.rt.forgetGen()
+	}
+	c.evictLocal(service, org)
 }
 
 // Invalidate forgets the answers of org for service in this instance's
@@ -111,8 +233,8 @@ func (c *CachedMembership) evictLocal(service, org string) {
 // Subscribe starts a goroutine that applies the invalidations published on
 // the Redis channel (see Publish) until ctx is done. It returns at once and
 // does nothing without Redis or when already called. If the subscription
-// fails it is re-established with backoff; as messages may have been lost
-// meanwhile, the in-process tier is then cleared.
+// fails it is re-established, retrying at least twice a second; as messages
+// may have been lost meanwhile, the in-process tier is then cleared.
 func (c *CachedMembership) Subscribe(ctx context.Context) {
 	if c.rt == nil || !c.subscribed.CompareAndSwap(false, true) {
 		return
@@ -168,24 +290,50 @@ func (c *CachedMembership) firstOutcome(ok bool) {
 
 // subscribeLoop subscribes, receives until the subscription fails, and
 // starts again after a backoff, until ctx is done.
+//
+// Each attempt is a new PubSub: go-redis picks the node when it dials, so a
+// new connection goes to the master of the moment. On Redis Cluster that is
+// the master of the channel's slot in the client's slot map, which go-redis
+// reloads by itself only on a MOVED or ASK answer or once a minute: a
+// subscription whose master died would keep dialing the dead address, while
+// the cluster promoted a replica. So a failed attempt also asks for a reload
+// of the slot map (see retryWait), and the next attempt goes as soon as the
+// map names a new master for the slot, or subscribeMaxBackoff later. Through
+// Sentinel, every dial asks a Sentinel for the master's address, so the
+// attempt after a Sentinel names the new master (at most subscribeMaxBackoff
+// later) reaches it.
 func (c *CachedMembership) subscribeLoop(ctx context.Context) {
+	channel := InvalidationChannel(c.rt.prefix)
 	backoff := subscribeMinBackoff
 	first := true
+	var (
+		reloaded time.Time // last reload of the cluster's slot map
+		logged   time.Time // last warning
+		failures int       // consecutive failed attempts
+	)
 	for ctx.Err() == nil {
-		ps := c.rt.client.Subscribe(ctx, InvalidationChannel(c.rt.prefix))
+		ps := c.rt.client.Subscribe(ctx)                          // no channel yet: Subscribe below returns the dial's error
 		stop := context.AfterFunc(ctx, func() { _ = ps.Close() }) // unblocks a pending read
-		_, err := ps.ReceiveTimeout(ctx, subscribeTimeout)        // the confirmation
+		err := ps.Subscribe(ctx, channel)
+		if err == nil {
+			_, err = ps.ReceiveTimeout(ctx, subscribeTimeout) // the confirmation
+		}
 		if err == nil {
 			backoff = subscribeMinBackoff
-			// Whatever happened to the generation while we were not
-			// listening, read it again; what was cached unsubscribed is
-			// dropped, since invalidations may have been missed.
-			c.rt.forgetGen()
+			if failures > 0 && !first {
+				c.logger.Info("membership invalidation subscription re-established", zap.Int("failed_attempts", failures))
+			}
+			failures, logged = 0, time.Time{}
 			if !first {
-				c.evictLocal("", "")
-				c.event(InvalidationResubscribed)
-			} else if c.unconfirmedUse.Load() {
-				c.evictLocal("", "")
+				c.resubscribed()
+			} else {
+				// Whatever happened to the generation before we were
+				// listening, read it again; what was cached unsubscribed
+				// is dropped, since invalidations may have been missed.
+				c.rt.forgetGen()
+				if c.unconfirmedUse.Load() {
+					c.evictLocal("", "")
+				}
 			}
 			first = false
 			c.firstOutcome(true)
@@ -198,17 +346,75 @@ func (c *CachedMembership) subscribeLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		c.logger.Warn("membership invalidation subscription failed; retrying",
-			zap.Error(err), zap.Duration("backoff", backoff))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		failures++
+		if time.Since(logged) >= subscribeLogEvery {
+			c.logger.Warn("membership invalidation subscription failed; retrying",
+				zap.Error(err), zap.Int("failed_attempts", failures), zap.Duration("backoff", backoff))
+			logged = time.Now()
+		}
+		if !c.retryWait(ctx, backoff, channel, &reloaded) {
 			return
-		case <-t.C:
 		}
 		backoff = min(2*backoff, subscribeMaxBackoff)
 	}
+}
+
+// retryWait waits backoff before the next attempt, or less on a Redis
+// Cluster: there it asks for a reload of the slot map (at most every
+// subscribeReloadEvery, go-redis reloads in the background), and ends the
+// wait as soon as the map names another master for the channel's slot,
+// which is the promotion the attempt was waiting for. It reports false when
+// ctx is done.
+func (c *CachedMembership) retryWait(ctx context.Context, backoff time.Duration, channel string, reloaded *time.Time) bool {
+	cc, _ := c.rt.client.(*redis.ClusterClient)
+	failed := ""
+	if cc != nil {
+		failed = slotMaster(ctx, cc, channel) // "" when the client has no slot map yet
+	}
+	deadline := time.Now().Add(backoff)
+	for {
+		if cc != nil && time.Since(*reloaded) >= subscribeReloadEvery {
+			cc.ReloadState(ctx)
+			*reloaded = time.Now()
+		}
+		wait := time.Until(deadline)
+		if failed != "" {
+			wait = min(wait, subscribeReloadEvery/5)
+		}
+		if wait <= 0 {
+			return true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		// The client has a slot map: reading it does no I/O.
+		if failed != "" && slotMaster(ctx, cc, channel) != failed {
+			return true
+		}
+	}
+}
+
+// slotMaster returns the address of the master of channel's slot in cc's
+// slot map, or "" when there is none.
+func slotMaster(ctx context.Context, cc *redis.ClusterClient, channel string) string {
+	node, err := cc.MasterForKey(ctx, channel)
+	if err != nil {
+		return ""
+	}
+	return node.Options().Addr
+}
+
+// resubscribed is called once the subscription is back after a gap: the
+// generation is read again, and the in-process tier is cleared, since
+// invalidations published during the gap were missed.
+func (c *CachedMembership) resubscribed() {
+	c.rt.forgetGen()
+	c.evictLocal("", "")
+	c.event(InvalidationResubscribed)
 }
 
 // receive applies messages until the connection fails or stays silent after
@@ -229,8 +435,21 @@ func (c *CachedMembership) receive(ctx context.Context, ps *redis.PubSub) error 
 			return err
 		}
 		pinged = false
-		if m, ok := v.(*redis.Message); ok {
-			c.apply(m.Payload)
+		c.handle(v)
+	}
+}
+
+// handle acts on one thing the subscription received.
+func (c *CachedMembership) handle(v any) {
+	switch m := v.(type) {
+	case *redis.Message:
+		c.apply(m.Payload)
+	case *redis.Subscription:
+		// A confirmation while subscribed: go-redis dialed again and
+		// resubscribed on its own, after a connection it found unusable.
+		// What was published in between was missed.
+		if m.Kind == "subscribe" {
+			c.resubscribed()
 		}
 	}
 }

@@ -84,7 +84,7 @@ func TestMembershipPubSubPair(t *testing.T) {
 	expectCalls(t, a.reg, 2)
 	expectCalls(t, b.reg, 0) // warm from Redis
 
-	if err := Publish(context.Background(), a.client, prefix, testService, testOrg); err != nil {
+	if _, err := Publish(context.Background(), a.client, prefix, testService, testOrg); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, time.Second, "B evicts", func() bool { return !held(b, testService, testOrg) })
@@ -128,7 +128,7 @@ func TestMembershipPubSubWildcards(t *testing.T) {
 			}
 			expectCalls(t, b.reg, 0)
 
-			if err := Publish(context.Background(), a.client, prefix, tc.service, tc.org); err != nil {
+			if _, err := Publish(context.Background(), a.client, prefix, tc.service, tc.org); err != nil {
 				t.Fatal(err)
 			}
 			eventually(t, time.Second, "B applies", func() bool { return ev.get(InvalidationApplied) == 1 })
@@ -203,7 +203,7 @@ func TestMembershipPubSubMalformed(t *testing.T) {
 		t.Fatal("a malformed message evicted")
 	}
 	// The subscriber goes on.
-	if err := Publish(context.Background(), b.client, prefix, testService, testOrg); err != nil {
+	if _, err := Publish(context.Background(), b.client, prefix, testService, testOrg); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, time.Second, "B evicts", func() bool { return !held(b, testService, testOrg) })
@@ -259,7 +259,7 @@ func TestMembershipPubSubResubscribe(t *testing.T) {
 		t.Fatal("messages may have been lost, yet B kept its entries")
 	}
 	lookup(t, b.c, testService, testOrg)
-	if err := Publish(context.Background(), admin, prefix, testService, testOrg); err != nil {
+	if _, err := Publish(context.Background(), admin, prefix, testService, testOrg); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, time.Second, "B evicts after resubscribing", func() bool { return !held(b, testService, testOrg) })
