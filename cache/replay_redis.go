@@ -123,6 +123,9 @@ type RedisReplay struct {
 	shards   map[string]*redisShard    // Cluster: by master address
 	epochs   map[string]epochKnowledge // by marker key
 	reloadAt atomic.Int64              // last slot-map reload asked for (UnixNano)
+	// failingSince is when finding a key's shard began failing (UnixNano;
+	// 0 while it works).
+	failingSince atomic.Int64
 }
 
 // NewRedisReplay returns a RedisReplay over client. It does no network I/O.
@@ -183,6 +186,7 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 	if err != nil {
 		return false, r.failure(ctx, nil, err)
 	}
+	r.failingSince.Store(0)
 	if issuedAt.UnixNano() < sh.floor.Load() {
 		return false, sh.recovering()
 	}
@@ -250,13 +254,15 @@ func (r *RedisReplay) failure(ctx context.Context, sh *redisShard, err error) er
 	now := r.clock.Now()
 	since := now
 	if ctx.Err() == nil {
+		failing := &r.failingSince // no shard: the cluster's slot map could not be had
 		if sh != nil {
-			sh.failingSince.CompareAndSwap(0, now.UnixNano())
-			since = time.Unix(0, sh.failingSince.Load())
+			failing = &sh.failingSince
 			if !errors.Is(err, ErrBreakerOpen) {
 				sh.state.Store(nil)
 			}
 		}
+		failing.CompareAndSwap(0, now.UnixNano())
+		since = time.Unix(0, failing.Load())
 		r.reloadSlots()
 	}
 	return &StoreFailure{Floor: since.Add(time.Duration(r.skew.Load())), Err: err}
