@@ -15,9 +15,9 @@ import (
 )
 
 // clusterNodeTimeoutMs is cluster-node-timeout: a node silent this long is
-// suspected failing. 1 s makes a failover take about 2-3 s, and no node
-// of an idle test cluster stays silent that long, even on a loaded
-// machine.
+// suspected failing. 1 s makes a failover take about 2-3 s; no node fell
+// silent that long by mistake with three test binaries and a CPU hog
+// sharing 2 cores.
 const clusterNodeTimeoutMs = 1000
 
 // clusterSlots are the slot ranges of the three masters, as redis-cli
@@ -180,33 +180,6 @@ func (c *Cluster) checkNodes(ctx context.Context, masterIDs []string) error {
 			if !r.hasFlag("slave") || r.master != masterIDs[i] {
 				return fmt.Errorf("%s sees %s: %s", n, c.Replicas[i], r.line)
 			}
-		}
-	}
-	return nil
-}
-
-// checkReplicas checks that master reports every replica online and every
-// replica its link up.
-func checkReplicas(ctx context.Context, master *Server, replicas []*Server) error {
-	info, err := master.Client().Info(ctx, "replication").Result()
-	if err != nil {
-		return err
-	}
-	if n := infoField(info, "connected_slaves"); n != strconv.Itoa(len(replicas)) {
-		return fmt.Errorf("%s: connected_slaves:%s", master, n)
-	}
-	for i := range replicas {
-		if v := infoField(info, fmt.Sprintf("slave%d", i)); !strings.Contains(v, "state=online") {
-			return fmt.Errorf("%s: slave%d:%s", master, i, v)
-		}
-	}
-	for _, r := range replicas {
-		info, err := r.Client().Info(ctx, "replication").Result()
-		if err != nil {
-			return err
-		}
-		if v := infoField(info, "master_link_status"); v != "up" {
-			return fmt.Errorf("%s: master_link_status:%s", r, v)
 		}
 	}
 	return nil

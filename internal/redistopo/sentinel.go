@@ -20,16 +20,19 @@ const (
 	SentinelMasterName = "redistopo"
 
 	// sentinelDownAfterMs is how long the master may not answer before a
-	// sentinel thinks it down. 1 s: failover starts soon after a kill,
-	// and a loaded machine does not stall a Redis PING for that long
-	// (lower values made sentinels declare a busy master down).
+	// sentinel thinks it down: a failover starts about this long after a
+	// kill and ends about 2.5 s later. 1 s is the smallest value at which
+	// sentinels still PING once a second; lower would make them PING
+	// faster and risk a failover of a master that a loaded machine is
+	// merely slow to schedule.
 	sentinelDownAfterMs = 1000
 
-	// sentinelFailoverTimeoutMs bounds a failover; a sentinel also waits
-	// twice this long before retrying after an election that chose no
-	// leader (a split vote). 3 s keeps that retry short, and is still
-	// several times what a promotion takes here.
-	sentinelFailoverTimeoutMs = 3000
+	// sentinelFailoverTimeoutMs bounds the steps of a failover (a promoted
+	// replica must report itself master within it, about 1 s here) and,
+	// doubled, is the wait before a retry after an election that chose no
+	// leader. 5 s leaves a loaded machine room for the promotion, and the
+	// rare retry still ends within a test's deadline.
+	sentinelFailoverTimeoutMs = 5000
 )
 
 // Sentinel is a Sentinel-monitored group: one master, two replicas of it
@@ -155,6 +158,33 @@ func waitReplicas(ctx context.Context, master *Server, replicas []*Server) error
 	return poll(ctx, "replicas in sync with "+master.String(), func(ctx context.Context) error {
 		return checkReplicas(ctx, master, replicas)
 	})
+}
+
+// checkReplicas checks that master reports every replica online and every
+// replica its link up.
+func checkReplicas(ctx context.Context, master *Server, replicas []*Server) error {
+	info, err := master.Client().Info(ctx, "replication").Result()
+	if err != nil {
+		return err
+	}
+	if n := infoField(info, "connected_slaves"); n != strconv.Itoa(len(replicas)) {
+		return fmt.Errorf("%s: connected_slaves:%s", master, n)
+	}
+	for i := range replicas {
+		if v := infoField(info, fmt.Sprintf("slave%d", i)); !strings.Contains(v, "state=online") {
+			return fmt.Errorf("%s: slave%d:%s", master, i, v)
+		}
+	}
+	for _, r := range replicas {
+		info, err := r.Client().Info(ctx, "replication").Result()
+		if err != nil {
+			return err
+		}
+		if v := infoField(info, "master_link_status"); v != "up" {
+			return fmt.Errorf("%s: master_link_status:%s", r, v)
+		}
+	}
+	return nil
 }
 
 // waitSentinels polls until every sentinel sees the master healthy, both

@@ -56,12 +56,3 @@ func TestSentinelFailover(t *testing.T) {
 	})
 	t.Logf("failover client writing again: %v after WaitFailover", time.Since(began))
 }
-
-// retry calls f until it succeeds, failing the test when ctx ends: a
-// client may need a few attempts to find a new master.
-func retry(ctx context.Context, t *testing.T, what string, f func(ctx context.Context) error) {
-	t.Helper()
-	if err := poll(ctx, what, f); err != nil {
-		t.Fatal(err)
-	}
-}

@@ -301,8 +301,9 @@ func (s *Server) Stop() {
 // Restart kills the server if it runs, then starts it again on the same
 // port with the same command line and no data (a restart without
 // persistence) and waits until it answers PING. A replica syncs again from
-// its master; a cluster node keeps its nodes.conf, so it rejoins the
-// cluster as the same node.
+// the master on its command line (sentinels move it to the current one); a
+// cluster node keeps its nodes.conf, so it rejoins the cluster as the same
+// node; a sentinel keeps the configuration it rewrote.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()

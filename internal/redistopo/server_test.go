@@ -3,6 +3,10 @@ package redistopo
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,4 +89,72 @@ func TestSinglePause(t *testing.T) {
 	if took := time.Since(began); took < d {
 		t.Fatalf("PING answered %v after Pause(%v)", took, d)
 	}
+}
+
+// retry calls f until it succeeds, failing the test when ctx ends: a
+// client may need a few attempts to find a new master.
+func retry(ctx context.Context, t *testing.T, what string, f func(ctx context.Context) error) {
+	t.Helper()
+	if err := poll(ctx, what, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStartRetriesLostPortRace: a server whose port another process holds
+// exits, and the start goes on with new ports.
+func TestStartRetriesLostPortRace(t *testing.T) {
+	t.Parallel()
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldPort := held.Addr().(*net.TCPAddr).Port
+	attempts := 0
+	s := startGroup(t, t.TempDir(), groupSpec{
+		n: 1, nports: 1,
+		name: func(int) string { return "single" },
+		args: func(_ int, dir string, ports [][]int) ([]string, error) {
+			attempts++
+			if attempts == 1 { // as if another process took our port first
+				return dataArgs(dir, heldPort), nil
+			}
+			return dataArgs(dir, ports[0][0]), nil
+		},
+	})[0]
+	if attempts != 2 {
+		t.Fatalf("%d attempts, want 2", attempts)
+	}
+	if err := s.Client().Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("PING: %v", err)
+	}
+}
+
+// TestMissingRedisServerFails: without redis-server on PATH the test
+// fails with a message saying so (it is not skipped).
+func TestMissingRedisServerFails(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	f := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		redisServerPath(f)
+	}()
+	<-done
+	if !strings.Contains(f.msg, "redis-server is not on PATH") {
+		t.Fatalf("Fatalf message %q", f.msg)
+	}
+}
+
+// fatalRecorder records a Fatalf instead of failing the test.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Helper() {}
+
+func (f *fatalRecorder) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
 }
