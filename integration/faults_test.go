@@ -404,23 +404,32 @@ func (rig *faultRig) runOutage(t *testing.T, fault func() (killed, back time.Tim
 	return attempts, killed, back
 }
 
-// expectLoss checks that every replica logged a loss of records for one of
-// whys (the store raised its floor).
-func (rig *faultRig) expectLoss(t *testing.T, whys ...string) {
-	t.Helper()
+// losses returns, per replica, how many losses of records it logged with
+// one of whys (the store raised its floor).
+func (rig *faultRig) losses(whys ...string) [2]int {
+	var n [2]int
 	for i, g := range rig.gws {
-		e := g.findLog(func(e map[string]any) bool {
+		for _, e := range g.logEntries() {
 			if !strings.Contains(fmt.Sprint(e["msg"]), "may have lost records") {
-				return false
+				continue
 			}
 			for _, w := range whys {
 				if e["why"] == w {
-					return true
+					n[i]++
 				}
 			}
-			return false
-		})
-		if e == nil {
+		}
+	}
+	return n
+}
+
+// expectLoss checks that every replica logged more losses of records for
+// one of whys than it had logged at before.
+func (rig *faultRig) expectLoss(t *testing.T, before [2]int, whys ...string) {
+	t.Helper()
+	after := rig.losses(whys...)
+	for i := range after {
+		if after[i] <= before[i] {
 			t.Errorf("replica %d logged no loss of records (why %v)", i, whys)
 		}
 	}
@@ -436,7 +445,20 @@ func TestFaultSingleRestart(t *testing.T) {
 		srv.Restart() // SIGKILL, then a new empty server on the same port
 		return killed, time.Now()
 	})
-	rig.expectLoss(t, "restarted", "declared_elsewhere")
+	rig.expectLoss(t, [2]int{}, "restarted", "declared_elsewhere")
+
+	// A FLUSHALL keeps the server (its run_id) but not the records: the
+	// marker is gone, and proofs accepted before it are not accepted again.
+	pre := rig.preOutageProofs(t, 3)
+	before := rig.losses("marker_gone", "declared_elsewhere")
+	if err := srv.Client().FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rig.replayAll(t, pre)
+	for i, g := range rig.gws {
+		waitAccepted(t, g, func() reply { return rig.do(t, i, "/deny/after-flush", "") })
+	}
+	rig.expectLoss(t, before, "marker_gone", "declared_elsewhere")
 }
 
 func TestFaultSentinelFailover(t *testing.T) {
@@ -455,7 +477,7 @@ func TestFaultSentinelFailover(t *testing.T) {
 		}
 		return killed, time.Now()
 	})
-	rig.expectLoss(t, "server_changed", "declared_elsewhere")
+	rig.expectLoss(t, [2]int{}, "server_changed", "declared_elsewhere")
 	rig.checkInvalidation(t)
 }
 
@@ -475,7 +497,7 @@ func TestFaultClusterFailover(t *testing.T) {
 		}
 		return killed, time.Now()
 	})
-	rig.expectLoss(t, "server_changed", "declared_elsewhere")
+	rig.expectLoss(t, [2]int{}, "server_changed", "declared_elsewhere")
 	// A dead shard fails only the keys it owns: while its master was dead,
 	// fresh proofs whose keys live on the other shards were accepted on the
 	// deny route.
