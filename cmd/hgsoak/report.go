@@ -128,6 +128,29 @@ func printRecovery(w io.Writer, recs []*record, outs []outage, nrep int) {
 				fmt.Fprintf(w, "  r%d %-5s first 200 after %6.3fs (%d valid requests refused before it)\n", rep, rt, first.done.Sub(o.back).Seconds(), refused)
 			}
 		}
+		// What each route answered valid requests in the seconds after the
+		// PONG, by second: the local route may go from fallback answers to
+		// recovering refusals once the new server is verified.
+		for _, rt := range []string{routeDeny, routeLocal} {
+			var line []string
+			for sec := range 8 {
+				ok, no := 0, 0
+				for _, r := range recs {
+					if r.kind != kindValid || r.route != rt {
+						continue
+					}
+					if d := r.sent.Sub(o.back); d >= time.Duration(sec)*time.Second && d < time.Duration(sec+1)*time.Second {
+						if r.status == 200 {
+							ok++
+						} else {
+							no++
+						}
+					}
+				}
+				line = append(line, fmt.Sprintf("%d/%d", ok, ok+no))
+			}
+			fmt.Fprintf(w, "  %-5s valid 200s per second after the PONG (both replicas): %s\n", rt, strings.Join(line, " "))
+		}
 		// The end of the refusals: the last valid request refused as
 		// recovering, which bounds how long honest clients lost requests.
 		for _, rt := range []string{routeDeny, routeLocal} {
