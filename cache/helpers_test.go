@@ -67,6 +67,7 @@ func testPrefix(tb testing.TB, c redis.UniversalClient) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	prefix := "helsegate-test:" + hex.EncodeToString(b) + ":"
+	seedEpoch(tb, prefix)
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -87,6 +88,22 @@ func testPrefix(tb testing.TB, c redis.UniversalClient) string {
 		}
 	})
 	return prefix
+}
+
+// seedEpoch writes the replay store's epoch marker under prefix as a store
+// in service long before the test would hold it ("generation 1, no floor",
+// no run_id): a key prefix used for the first time is otherwise treated as a
+// store that may have lost its records, and refuses proofs for one skew.
+// Tests of that first look use a prefix of their own.
+// It writes through a client of its own, so that hooks a test put on its
+// client see nothing of it.
+func seedEpoch(tb testing.TB, prefix string) {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: testRedisAddr()})
+	defer c.Close()
+	if err := c.Set(context.Background(), prefix+epochSpace, "1/0", time.Hour).Err(); err != nil {
+		tb.Fatalf("seeding the epoch marker: %v", err)
+	}
 }
 
 // deadRedis returns a client of an address where nothing listens.

@@ -20,10 +20,12 @@ type epochKnowledge struct {
 	runID string // the server that held the marker
 }
 
-// epochMarker is the value of an epoch marker: "<generation>/<floor in Unix ms>".
+// epochMarker is the value of an epoch marker:
+// "<generation>/<floor in Unix ms>/<run_id of the server it was written on>".
 type epochMarker struct {
 	gen   int64
 	floor time.Time // zero: no floor
+	runID string    // "" in a marker written before run_ids were kept
 }
 
 func (m epochMarker) String() string {
@@ -31,23 +33,26 @@ func (m epochMarker) String() string {
 	if !m.floor.IsZero() {
 		ms = m.floor.UnixMilli()
 	}
-	return strconv.FormatInt(m.gen, 10) + "/" + strconv.FormatInt(ms, 10)
+	return strconv.FormatInt(m.gen, 10) + "/" + strconv.FormatInt(ms, 10) + "/" + m.runID
 }
 
 // parseMarker reads a marker value; ok is false for anything malformed.
 func parseMarker(s string) (m epochMarker, ok bool) {
-	g, f, found := strings.Cut(s, "/")
-	if !found {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 {
 		return m, false
 	}
-	gen, err1 := strconv.ParseInt(g, 10, 64)
-	ms, err2 := strconv.ParseInt(f, 10, 64)
+	gen, err1 := strconv.ParseInt(parts[0], 10, 64)
+	ms, err2 := strconv.ParseInt(parts[1], 10, 64)
 	if err1 != nil || err2 != nil || gen < 1 || ms < 0 {
 		return m, false
 	}
 	m.gen = gen
 	if ms > 0 {
 		m.floor = time.UnixMilli(ms)
+	}
+	if len(parts) == 3 {
+		m.runID = parts[2]
 	}
 	return m, true
 }
@@ -74,68 +79,54 @@ type epochInput struct {
 
 // epochStep decides, from what this process knew of a marker (k) and what the
 // server shows now (in), whether the shard may have lost records, and
-// returns the marker that must hold afterwards, how to write it, and the
-// floor to apply. now is the gateway's clock, skew the future skew a proof
-// may carry, window the acceptance window of a proof.
+// returns the marker that must hold afterwards, how to write it, the floor
+// to apply (in the marker) and why. now is the gateway's clock, skew the
+// future skew a proof may carry, window the acceptance window of a proof.
 //
-//   - The marker is gone while this process knew it, or its generation went
-//     back, or the server is another one (another run_id: a restart, a
-//     failover): records may be lost. Declare it: a new generation whose
-//     floor is now + skew (a proof accepted before now was issued before it),
-//     or, for a server that started less than a window ago and was not
-//     promoted since, its start + skew (nothing reached it before it started;
-//     uptime is in whole seconds, so the start read is never too early).
-//   - The marker is gone and this process never saw it: a new store, or one
-//     that lost its records before this process looked. If the server was
-//     promoted (a failover), the floor is now + skew; if it started less than
-//     a window ago, records before its start are gone: the floor is its
-//     start + skew. Otherwise nothing is known to be lost.
+//   - Another server answers than the one the marker was written on, or than
+//     the one this process verified (a restart, a failover), or the marker
+//     is gone or went back while this process knew it (a flush, a restart, a
+//     failover that lost the marker's last write): records may be lost.
+//     Declare it: a new generation, written with this server's run_id, whose
+//     floor is now + skew (a proof accepted before now was issued before
+//     it). A restarted server's start would be an earlier floor, but a flush
+//     after the restart would slip under it: now is the one floor that is
+//     always late enough.
+//   - There is no marker and this process never saw one: a new store, or one
+//     that lost its records before this process looked. Nothing tells them
+//     apart, so the floor is the same as for a declared loss. It costs a new
+//     store (or a key prefix used for the first time) one skew of refusals.
 //   - Otherwise adopt the marker: its generation and floor (another replica
 //     may have declared a loss).
 func epochStep(k epochKnowledge, in epochInput, now time.Time, skew, window time.Duration) (next epochKnowledge, m epochMarker, write int, why string) {
 	cur, valid := parseMarker(in.marker)
 	present := in.present && valid
-	switch {
-	case k.seen && (!present || cur.gen < k.gen || in.runID != k.runID):
-		lost := now
-		switch {
-		case in.runID != k.runID && in.uptime < window && !in.promoted:
-			lost = now.Add(-in.uptime) // a restart: nothing was written after the old server stopped
-			why = LossRestarted
-		case in.runID != k.runID:
-			why = LossServerChanged
-		case !present:
-			why = LossMarkerGone
-		default:
-			why = LossMarkerOlder
-		}
-		m = epochMarker{gen: max(k.gen, cur.gen) + 1, floor: lost.Add(skew)}
-		if present && cur.floor.After(m.floor) {
-			m.floor = cur.floor
-		}
-		write = markerOverwrite
-		if !in.present {
-			write = markerCreate
-		}
-	case !present:
-		m = epochMarker{gen: max(cur.gen, 0) + 1}
-		switch {
-		case in.promoted:
-			m.floor = now.Add(skew)
-			why = LossServerChanged
-		case in.uptime < window:
-			m.floor = now.Add(-in.uptime).Add(skew)
-			why = LossRestarted
-		}
-		write = markerCreate
-		if in.present {
-			write = markerOverwrite // malformed: replace it
-		}
-	default:
+	serverChanged := (present && cur.runID != "" && cur.runID != in.runID) || (k.seen && in.runID != k.runID)
+	markerLost := k.seen && (!present || cur.gen < k.gen)
+	if present && !serverChanged && !markerLost {
 		m, write = cur, markerKeep
 		if cur.gen != k.gen && !cur.floor.IsZero() {
 			why = LossDeclaredElsewhere
 		}
+		return epochKnowledge{seen: true, gen: m.gen, runID: in.runID}, m, write, why
+	}
+	switch {
+	case serverChanged && in.uptime < window && !in.promoted:
+		why = LossRestarted
+	case serverChanged:
+		why = LossServerChanged
+	case !present:
+		why = LossMarkerGone
+	default:
+		why = LossMarkerOlder
+	}
+	m = epochMarker{gen: max(k.gen, cur.gen) + 1, floor: now.Add(skew), runID: in.runID}
+	if present && cur.floor.After(m.floor) {
+		m.floor = cur.floor
+	}
+	write = markerOverwrite
+	if !in.present {
+		write = markerCreate
 	}
 	return epochKnowledge{seen: true, gen: m.gen, runID: in.runID}, m, write, why
 }
@@ -145,10 +136,12 @@ const (
 	// LossRestarted: the server started less than a proof window ago
 	// (another run_id than before, or the first look at a young server).
 	LossRestarted = "restarted"
-	// LossServerChanged: another server answers (a failover).
+	// LossServerChanged: another server answers than the one the marker was
+	// written on or this process verified (a failover).
 	LossServerChanged = "server_changed"
-	// LossMarkerGone: the epoch marker is gone (a flush, or a restart that
-	// kept the run_id, which Redis does not do).
+	// LossMarkerGone: the epoch marker is gone (a flush), or there was none
+	// at the first look (a new store, or a key prefix used for the first
+	// time: nothing tells them from a flushed one).
 	LossMarkerGone = "marker_gone"
 	// LossMarkerOlder: the marker went back to an older generation.
 	LossMarkerOlder = "marker_older"
@@ -158,6 +151,11 @@ const (
 
 // errOldRedis is returned when the server cannot run SET … NX GET.
 var errOldRedis = errors.New("Redis 7.0 or later is required (SET with NX and GET)")
+
+// errEvicting is returned for a server that may evict keys to free memory:
+// an evicted replay record is a proof that can be used again, and nothing
+// would tell.
+var errEvicting = errors.New("maxmemory-policy must be noeviction: replay records must never be evicted")
 
 // verify establishes whether the shard's server kept its records: it reads
 // the server's run_id, version and uptime and the epoch marker, applies
@@ -182,12 +180,13 @@ func (sh *redisShard) verify(ctx context.Context) error {
 	return sh.breaker.Do(ctx, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, r.timeout)
 		defer cancel()
-		key, node, err := r.markerKey(ctx, sh)
+		key, err := r.markerKey(ctx, sh)
 		if err != nil {
 			return err
 		}
+		node := sh.client
 		pipe := node.Pipeline()
-		info := pipe.Info(ctx, "server", "replication")
+		info := pipe.Info(ctx, "server", "replication", "memory")
 		cur := pipe.GetEx(ctx, key, markerTTL)
 		_, _ = pipe.Exec(ctx)
 		if err := info.Err(); err != nil {
@@ -203,6 +202,9 @@ func (sh *redisShard) verify(ctx context.Context) error {
 		if srv.major < 7 {
 			return errOldRedis
 		}
+		if srv.evicts {
+			return errEvicting
+		}
 		in := epochInput{runID: srv.runID, uptime: srv.uptime, promoted: srv.promoted, present: cur.Err() == nil, marker: cur.Val()}
 		for range 2 { // a second round when another replica created the marker first
 			r.mu.Lock()
@@ -211,6 +213,9 @@ func (sh *redisShard) verify(ctx context.Context) error {
 			now := r.clock.Now()
 			next, m, write, why := epochStep(k, in, now, time.Duration(r.skew.Load()), time.Duration(r.window.Load()))
 			value := m.String()
+			if write == markerKeep {
+				value = in.marker // as the batches will read it back
+			}
 			switch write {
 			case markerCreate:
 				prev, err := node.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", Get: true, TTL: markerTTL}).Result()
@@ -243,25 +248,25 @@ func (sh *redisShard) verify(ctx context.Context) error {
 	})
 }
 
-// markerKey returns the shard's marker key and a client that reaches the
-// shard's master. On Cluster the key carries the first hash tag {0}, {1}, …
-// whose slot the master owns: after a promotion the replica that took over
-// the slots finds the same key, and with it what the old master held.
-func (r *RedisReplay) markerKey(ctx context.Context, sh *redisShard) (string, redis.Cmdable, error) {
+// markerKey returns the shard's marker key. On Cluster it carries the first
+// hash tag {0}, {1}, … whose slot the shard's master owns: after a
+// promotion the replica that took over the slots finds the same key, and
+// with it what the old master held.
+func (r *RedisReplay) markerKey(ctx context.Context, sh *redisShard) (string, error) {
 	if r.cluster == nil {
-		return r.prefix + epochSpace, r.client, nil
+		return r.prefix + epochSpace, nil
 	}
 	for i := range 4096 {
 		key := r.prefix + epochSpace + ":{" + strconv.Itoa(i) + "}"
 		node, err := r.cluster.MasterForKey(ctx, key)
 		if err != nil {
-			return "", nil, err
+			return "", err
 		}
 		if node.Options().Addr == sh.node {
-			return key, node, nil
+			return key, nil
 		}
 	}
-	return "", nil, fmt.Errorf("no slot of the cluster map belongs to master %s", sh.node)
+	return "", fmt.Errorf("no slot of the cluster map belongs to master %s", sh.node)
 }
 
 // serverInfo is what verify reads of INFO server.
@@ -270,6 +275,7 @@ type serverInfo struct {
 	major    int
 	uptime   time.Duration
 	promoted bool // INFO replication: a previous replication ID (second_repl_offset set)
+	evicts   bool // INFO memory: a maxmemory-policy other than noeviction
 }
 
 func parseServerInfo(s string) serverInfo {
@@ -285,6 +291,8 @@ func parseServerInfo(s string) serverInfo {
 		case "redis_version":
 			maj, _, _ := strings.Cut(v, ".")
 			si.major, _ = strconv.Atoi(maj)
+		case "maxmemory_policy":
+			si.evicts = v != "noeviction"
 		case "second_repl_offset":
 			si.promoted = v != "-1"
 		case "uptime_in_seconds":

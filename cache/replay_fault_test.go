@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/redistopo"
 )
 
 func TestEpochStep(t *testing.T) {
@@ -31,12 +33,16 @@ func TestEpochStep(t *testing.T) {
 		{"marker gone (flush, restart)", known, epochInput{runID: "A", uptime: time.Hour}, 4, now.Add(skew), markerCreate, LossMarkerGone},
 		{"marker went back", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(1, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossMarkerOlder},
 		{"another server (failover)", known, epochInput{runID: "B", uptime: time.Hour, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
-		{"restarted, no marker", known, epochInput{runID: "B", uptime: time.Second}, 4, now.Add(-time.Second).Add(skew), markerCreate, LossRestarted},
+		{"restarted, no marker", known, epochInput{runID: "B", uptime: time.Second}, 4, now.Add(skew), markerCreate, LossRestarted},
+		{"flushed soon after a restart", known, epochInput{runID: "A", uptime: time.Second}, 4, now.Add(skew), markerCreate, LossMarkerGone},
 		{"failed over to a long-running replica", known, epochInput{runID: "B", uptime: time.Hour}, 4, now.Add(skew), markerCreate, LossServerChanged},
 		{"failed over to a young replica", known, epochInput{runID: "B", uptime: time.Second, promoted: true, present: true, marker: marker(3, time.Time{})}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
-		{"first sight, promoted without a marker", epochKnowledge{}, epochInput{runID: "B", uptime: time.Second, promoted: true}, 1, now.Add(skew), markerCreate, LossServerChanged},
-		{"first sight, long-running store", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour}, 1, time.Time{}, markerCreate, ""},
-		{"first sight, store started within a window", epochKnowledge{}, epochInput{runID: "A", uptime: 3 * time.Second}, 1, now.Add(-3 * time.Second).Add(skew), markerCreate, LossRestarted},
+		{"first sight, promoted without a marker", epochKnowledge{}, epochInput{runID: "B", uptime: time.Second, promoted: true}, 1, now.Add(skew), markerCreate, LossMarkerGone},
+		{"first sight, a marker from another server (a failover before this process looked)", epochKnowledge{}, epochInput{runID: "B", uptime: time.Hour, promoted: true, present: true, marker: "3/0/A"}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
+		{"a marker from this server", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: "3/0/A"}, 3, time.Time{}, markerKeep, ""},
+		{"a marker from another server, this process knew of neither", epochKnowledge{seen: true, gen: 3, runID: "B"}, epochInput{runID: "B", uptime: time.Hour, present: true, marker: "3/0/A"}, 4, now.Add(skew), markerOverwrite, LossServerChanged},
+		{"first sight, no marker (a new store or prefix, or a flush before this process looked)", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour}, 1, now.Add(skew), markerCreate, LossMarkerGone},
+		{"first sight, store started within a window", epochKnowledge{}, epochInput{runID: "A", uptime: 3 * time.Second}, 1, now.Add(skew), markerCreate, LossMarkerGone},
 		{"first sight, marker with a floor", epochKnowledge{}, epochInput{runID: "A", uptime: time.Hour, present: true, marker: marker(7, now.Add(2*time.Second))}, 7, now.Add(2 * time.Second), markerKeep, LossDeclaredElsewhere},
 		{"malformed marker", known, epochInput{runID: "A", uptime: time.Hour, present: true, marker: "x"}, 4, now.Add(skew), markerOverwrite, LossMarkerGone},
 	}
@@ -49,10 +55,13 @@ func TestEpochStep(t *testing.T) {
 			if m.gen != tt.wantGen || !m.floor.Equal(tt.wantFloor) || write != tt.wantWrite {
 				t.Errorf("epochStep = gen %d floor %v write %d; want gen %d floor %v write %d", m.gen, m.floor, write, tt.wantGen, tt.wantFloor, tt.wantWrite)
 			}
+			if write != markerKeep && m.runID != tt.in.runID {
+				t.Errorf("a marker written without the server's run_id: %+v", m)
+			}
 			if !next.seen || next.gen != m.gen || next.runID != tt.in.runID {
 				t.Errorf("knowledge after: %+v", next)
 			}
-			if back, ok := parseMarker(m.String()); !ok || back.gen != m.gen || !back.floor.Equal(m.floor.Truncate(time.Millisecond)) {
+			if back, ok := parseMarker(m.String()); !ok || back.gen != m.gen || back.runID != m.runID || !back.floor.Equal(m.floor.Truncate(time.Millisecond)) {
 				t.Errorf("marker %q does not read back", m.String())
 			}
 		})
@@ -182,5 +191,90 @@ func TestRedisReplayNewServerIdentity(t *testing.T) {
 	fresh, err := s.FirstUse(t.Context(), "jkt:before", time.Now(), ttl)
 	if fresh || !errors.Is(err, authz.ErrStoreRecovering) {
 		t.Fatalf("a proof answered by another server: FirstUse = %v, %v; want ErrStoreRecovering", fresh, err)
+	}
+}
+
+func TestParseServerInfo(t *testing.T) {
+	info := "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\nuptime_in_seconds:42\r\n" +
+		"# Replication\r\nrole:master\r\nsecond_repl_offset:-1\r\n# Memory\r\nmaxmemory_policy:noeviction\r\n"
+	si := parseServerInfo(info)
+	if si.runID != "abc123" || si.major != 7 || si.uptime != 42*time.Second || si.promoted || si.evicts {
+		t.Errorf("parseServerInfo = %+v", si)
+	}
+	promoted := strings.Replace(strings.Replace(info, "second_repl_offset:-1", "second_repl_offset:1234", 1),
+		"noeviction", "allkeys-lru", 1)
+	if si := parseServerInfo(promoted); !si.promoted || !si.evicts {
+		t.Errorf("a promoted, evicting server read as %+v", si)
+	}
+}
+
+// failOnceHook fails the next pipeline carrying a SET without sending it, as
+// a broken connection would.
+type failOnceHook struct{ armed atomic.Bool }
+
+func (h *failOnceHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *failOnceHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *failOnceHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() == "set" && h.armed.CompareAndSwap(true, false) {
+			err := errors.New("connection reset by peer")
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisReplayVerifiesAfterFailure: after a failed call the store checks
+// the server (INFO, the marker) again before it trusts a fresh answer: the
+// server behind the failure may be another one.
+func TestRedisReplayVerifiesAfterFailure(t *testing.T) {
+	c := testRedis(t)
+	fail := &failOnceHook{}
+	args := &argsHook{}
+	c.AddHook(fail)
+	c.AddHook(args)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c)})
+	warm(t, s)
+	infos := func() int {
+		args.mu.Lock()
+		defer args.mu.Unlock()
+		n := 0
+		for _, a := range args.args {
+			if a[0] == "info" {
+				n++
+			}
+		}
+		return n
+	}
+	before := infos()
+	fail.armed.Store(true)
+	if fresh, err := s.FirstUse(t.Context(), "jkt:failed", time.Now(), ttl); fresh || err == nil {
+		t.Fatalf("a call whose connection failed: FirstUse = %v, %v", fresh, err)
+	}
+	if fresh, err := s.FirstUse(t.Context(), "jkt:next", time.Now(), ttl); !fresh || err != nil {
+		t.Fatalf("the next call: FirstUse = %v, %v", fresh, err)
+	}
+	if infos() != before+1 {
+		t.Fatalf("%d INFO commands after the failure, want 1: the store trusted a server it had not checked again", infos()-before)
+	}
+}
+
+// TestRedisReplayRefusesEvictingRedis: a Redis that may evict keys under
+// memory pressure could drop a replay record silently; the store refuses to
+// vouch for fresh proofs there, with an error that says why.
+func TestRedisReplayRefusesEvictingRedis(t *testing.T) {
+	srv := redistopo.StartSingle(t)
+	if err := srv.Client().ConfigSet(t.Context(), "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = c.Close() })
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: "hg:"})
+	fresh, err := s.FirstUse(t.Context(), "jkt:evicting", time.Now(), ttl)
+	if fresh || !errors.Is(err, errEvicting) {
+		t.Fatalf("FirstUse on an evicting Redis = %v, %v; want errEvicting", fresh, err)
 	}
 }

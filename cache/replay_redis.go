@@ -150,7 +150,7 @@ func NewRedisReplay(client redis.UniversalClient, o RedisReplayOptions) *RedisRe
 	if cc, ok := client.(*redis.ClusterClient); ok {
 		r.cluster = cc
 	} else {
-		r.single = &redisShard{r: r, breaker: o.Breaker}
+		r.single = &redisShard{r: r, client: client, breaker: o.Breaker}
 	}
 	return r
 }
@@ -240,7 +240,7 @@ func (r *RedisReplay) shardFor(ctx context.Context, key string) (*redisShard, er
 	defer r.mu.Unlock()
 	sh := r.shards[addr]
 	if sh == nil {
-		sh = &redisShard{r: r, node: addr, breaker: r.newBreaker(addr)}
+		sh = &redisShard{r: r, node: addr, client: node, breaker: r.newBreaker(addr)}
 		r.shards[addr] = sh
 	}
 	return sh, nil
@@ -300,8 +300,12 @@ func atomicMax(a *atomic.Int64, v int64) bool {
 // the server's records can be trusted (state) and which proofs it must
 // refuse after a loss (floor).
 type redisShard struct {
-	r       *RedisReplay
-	node    string // Cluster: the master's address; "" otherwise
+	r    *RedisReplay
+	node string // Cluster: the master's address; "" otherwise
+	// client reaches the shard's master alone: on Cluster the node's own
+	// client, so that a batch is never rerouted to another server (a
+	// promoted replica) without the shard verifying it first.
+	client  redis.Cmdable
 	breaker *Breaker
 
 	mu      sync.Mutex
@@ -423,7 +427,7 @@ func (sh *redisShard) send(ctx context.Context, batch []*replayCall) {
 	err := sh.breaker.Do(ctx, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, sh.r.timeout)
 		defer cancel()
-		pipe := sh.r.client.Pipeline()
+		pipe := sh.client.Pipeline()
 		for _, c := range batch {
 			_ = pipe.Process(ctx, c.cmd)
 		}

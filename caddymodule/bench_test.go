@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -74,7 +73,7 @@ func newBenchHandler(b *testing.B, alg string, mod func(*Handler), redisReplay b
 			b.Skip("no Redis at 127.0.0.1:6379")
 		}
 		_ = c.Close()
-		h.Redis = &cache.RedisConfig{URL: "redis://127.0.0.1:6379", KeyPrefix: fmt.Sprintf("helsegate-bench:%d:", time.Now().UnixNano())}
+		h.Redis = &cache.RedisConfig{URL: "redis://" + testRedisAddr(), KeyPrefix: seededPrefix(b, "helsegate-bench-")}
 	}
 	if mod != nil {
 		mod(h)

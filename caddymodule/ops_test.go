@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -630,6 +631,21 @@ func testRedisAddr() string {
 	return "127.0.0.1:6379"
 }
 
+// seededPrefix returns a key prefix of its own under which the test Redis
+// holds the replay store's epoch marker, as a store in service long before
+// the test: a prefix used for the first time is otherwise a store that may
+// have lost its records, and refuses proofs for one skew.
+func seededPrefix(tb testing.TB, base string) string {
+	tb.Helper()
+	prefix := base + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	rc := redis.NewClient(&redis.Options{Addr: testRedisAddr()})
+	defer rc.Close()
+	if err := rc.Set(context.Background(), prefix+"v1:epoch", "1/0", time.Hour).Err(); err != nil {
+		tb.Fatalf("seeding the epoch marker: %v", err)
+	}
+	return prefix
+}
+
 func deadAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -765,7 +781,7 @@ func TestMembershipFileReloadEvicts(t *testing.T) {
 		h.Membership = &MembershipConfig{Service: testService, File: path}
 		// With Redis configured: were the Redis tier in front of the file,
 		// every miss would count a Redis hit, miss or error.
-		h.Redis = &cache.RedisConfig{URL: "redis://" + testRedisAddr(), KeyPrefix: "helsegate-test-file-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"}
+		h.Redis = &cache.RedisConfig{URL: "redis://" + testRedisAddr(), KeyPrefix: seededPrefix(t, "helsegate-test-file-")}
 	})
 	audit, _ := observe(f.h)
 	m := getMetrics()

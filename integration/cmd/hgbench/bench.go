@@ -139,6 +139,9 @@ func runBench(ctx context.Context, o options) (err error) {
 			return err
 		}
 		prefix := runPrefix + strings.ToLower(c) + ":"
+		if err := b.redis.seedEpoch(ctx, prefix); err != nil {
+			return err
+		}
 		name, alg, dpop := c, c, "required"
 		if c == "bearer" {
 			name, alg, dpop = bearerName, "", "optional"
