@@ -19,7 +19,9 @@ import (
 // not see the old topology, reaches it.
 func TestInvalidationFailoverCluster(t *testing.T) {
 	t.Parallel()
+	began := time.Now()
 	c := redistopo.StartCluster(t)
+	t.Logf("cluster: started in %s", time.Since(began).Round(time.Millisecond))
 	testInvalidationFailover(t, failoverTopo{
 		kind:       "cluster",
 		config:     cache.RedisConfig{Addrs: c.Addrs()},
@@ -35,7 +37,9 @@ func TestInvalidationFailoverCluster(t *testing.T) {
 // naming the new master.
 func TestInvalidationFailoverSentinel(t *testing.T) {
 	t.Parallel()
+	began := time.Now()
 	s := redistopo.StartSentinel(t)
+	t.Logf("sentinel: started in %s", time.Since(began).Round(time.Millisecond))
 	testInvalidationFailover(t, failoverTopo{
 		kind:       "sentinel",
 		config:     cache.RedisConfig{Addrs: s.SentinelAddrs(), MasterName: s.MasterName},
