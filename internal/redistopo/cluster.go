@@ -53,6 +53,13 @@ type lostMaster struct {
 // meeting every other, each replica replicating its master. It returns
 // once every node reports cluster_state:ok and sees every replica attached
 // to its master, so a failover can start at once.
+//
+// CLUSTER SLOTS lists a replica only once its replication offset has
+// moved, which on an idle cluster is at the master's first replication
+// ping (repl-ping-replica-period, 10 s): about 8 s after StartCluster
+// returns. StartCluster does not wait for that, so a test that reads from
+// replicas through a cluster client must. (A 1 s ping period lists them at
+// once but does not make StartCluster any faster, so the default stays.)
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	root := t.TempDir()
