@@ -2,6 +2,7 @@ package redistopo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -36,10 +38,11 @@ type Cluster struct {
 
 	t    testing.TB
 	mu   sync.Mutex
-	lost map[string]lostMaster // by address: masters KillMaster killed
+	lost map[string]lostMaster // by address: masters KillMaster or KillMasterOf killed
 }
 
-// lostMaster is what a killed master served, for WaitPromotion.
+// lostMaster is what a killed master served, for WaitPromotion and
+// WaitFirstPromoted.
 type lostMaster struct {
 	slot     int      // a slot it served
 	replicas []string // its replicas' addresses
@@ -50,6 +53,13 @@ type lostMaster struct {
 // meeting every other, each replica replicating its master. It returns
 // once every node reports cluster_state:ok and sees every replica attached
 // to its master, so a failover can start at once.
+//
+// CLUSTER SLOTS lists a replica only once its replication offset has
+// moved, which on an idle cluster is at the master's first replication
+// ping (repl-ping-replica-period, 10 s): about 8 s after StartCluster
+// returns. StartCluster does not wait for that, so a test that reads from
+// replicas through a cluster client must. (A 1 s ping period lists them at
+// once but does not make StartCluster any faster, so the default stays.)
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	root := t.TempDir()
@@ -271,21 +281,54 @@ func (c *Cluster) live(skip string) []*Server {
 // KillMaster kills Masters[i] with SIGKILL and returns it. It fails the
 // test if Masters[i] no longer serves slots (a failover made it a
 // replica). It notes the slots the master served and its replicas, for
-// WaitPromotion.
+// WaitPromotion and WaitFirstPromoted.
 func (c *Cluster) KillMaster(i int) *Server {
 	c.t.Helper()
 	victim := c.Masters[i]
+	if err := c.killMaster(victim); err != nil {
+		c.t.Fatalf("redistopo: KillMaster(%d): %v", i, err)
+	}
+	return victim
+}
+
+// KillMasterOf kills with SIGKILL the master serving key's slot now (see
+// MasterOf) and returns it. For a Pub/Sub channel, pass the channel: a
+// cluster client subscribes on the master of the channel's slot. Unlike
+// KillMaster, the master need not be one of Masters: after a failover it
+// may be a former replica. Like KillMaster, it notes what the master
+// served, for WaitPromotion and WaitFirstPromoted.
+func (c *Cluster) KillMasterOf(key string) *Server {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	addr, err := c.MasterOf(ctx, key)
+	if err != nil {
+		c.t.Fatalf("redistopo: KillMasterOf(%q): %v", key, err)
+	}
+	victim := c.Server(addr)
+	if victim == nil {
+		c.t.Fatalf("redistopo: KillMasterOf(%q): master %s is not a node of this cluster", key, addr)
+	}
+	if err := c.killMaster(victim); err != nil {
+		c.t.Fatalf("redistopo: KillMasterOf(%q): %v", key, err)
+	}
+	return victim
+}
+
+// killMaster notes the slots victim serves and its replicas, then kills
+// it.
+func (c *Cluster) killMaster(victim *Server) error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	lost, err := c.servedBy(ctx, victim.Addr)
 	if err != nil {
-		c.t.Fatalf("redistopo: KillMaster(%d): %v", i, err)
+		return err
 	}
 	c.mu.Lock()
 	c.lost[victim.Addr] = lost
 	c.mu.Unlock()
 	victim.Kill()
-	return victim
+	return nil
 }
 
 // servedBy asks a live node other than addr which slots the master at
@@ -317,15 +360,12 @@ func (c *Cluster) servedBy(ctx context.Context, addr string) (lostMaster, error)
 // deadAddr serves its slots, in the view of every live node (CLUSTER
 // SHARDS), answers ROLE as a master, and every live node reports
 // cluster_state:ok. It returns the new master's address. For a master not
-// killed with KillMaster, call it before the failover completes.
+// killed with KillMaster or KillMasterOf, call it before the failover
+// completes.
 func (c *Cluster) WaitPromotion(ctx context.Context, deadAddr string) (newAddr string, err error) {
-	c.mu.Lock()
-	lost, ok := c.lost[deadAddr]
-	c.mu.Unlock()
-	if !ok {
-		if lost, err = c.servedBy(ctx, deadAddr); err != nil {
-			return "", fmt.Errorf("redistopo: WaitPromotion: %w", err)
-		}
+	lost, err := c.lostMaster(ctx, deadAddr)
+	if err != nil {
+		return "", fmt.Errorf("redistopo: WaitPromotion: %w", err)
 	}
 	err = poll(ctx, "promotion of a replica of "+deadAddr, func(ctx context.Context) error {
 		newAddr = ""
@@ -358,6 +398,53 @@ func (c *Cluster) WaitPromotion(ctx context.Context, deadAddr string) (newAddr s
 		return "", fmt.Errorf("redistopo: %w", err)
 	}
 	return newAddr, nil
+}
+
+// lostMaster returns what the dead master at deadAddr served: as noted
+// when KillMaster or KillMasterOf killed it, or else as the live nodes
+// still see it.
+func (c *Cluster) lostMaster(ctx context.Context, deadAddr string) (lostMaster, error) {
+	c.mu.Lock()
+	lost, ok := c.lost[deadAddr]
+	c.mu.Unlock()
+	if ok {
+		return lost, nil
+	}
+	return c.servedBy(ctx, deadAddr)
+}
+
+// WaitFirstPromoted polls until a former replica of the dead master at
+// deadAddr answers ROLE as a master, and returns its address and the time
+// of that answer: the moment of the promotion, as closely as a poll every
+// 25 ms tells it. The promoted replica claims the slots as it becomes a
+// master, so this is the reference point for "within d of the promotion";
+// the other nodes learn of it over the cluster bus a little later, which
+// WaitPromotion waits for. For a master not killed with KillMaster or
+// KillMasterOf, call it before the failover completes.
+func (c *Cluster) WaitFirstPromoted(ctx context.Context, deadAddr string) (newAddr string, at time.Time, err error) {
+	lost, err := c.lostMaster(ctx, deadAddr)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("redistopo: WaitFirstPromoted: %w", err)
+	}
+	err = poll(ctx, "a replica of "+deadAddr+" answering ROLE as a master", func(ctx context.Context) error {
+		var errs []error
+		for _, addr := range lost.replicas {
+			if err := checkRole(ctx, c.Server(addr), addr, "master"); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			newAddr, at = addr, time.Now()
+			return nil
+		}
+		if len(errs) == 0 {
+			return stopPolling{fmt.Errorf("%s had no replica", deadAddr)}
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("redistopo: %w", err)
+	}
+	return newAddr, at, nil
 }
 
 // slotMaster returns the address of the healthy master serving slot in

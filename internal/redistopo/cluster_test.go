@@ -89,3 +89,72 @@ func keyPerMaster(ctx context.Context, t *testing.T, c *Cluster) []string {
 	}
 	return keys
 }
+
+// TestClusterKillMasterOf: KillMasterOf kills the master of a key's slot,
+// whichever of Masters it is, and after a failover the former replica
+// that now serves it; WaitFirstPromoted returns the replica promoted, at a
+// time after the kill and before WaitPromotion sees the whole cluster
+// agree.
+func TestClusterKillMasterOf(t *testing.T) {
+	t.Parallel()
+	c := StartCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	key := keyPerMaster(ctx, t, c)[1] // not Masters[0], which KillMaster tests use
+
+	// failover kills the master of key, which must be victim, and checks
+	// that want is promoted in its place.
+	failover := func(victim, want *Server) {
+		t.Helper()
+		old := c.KillMasterOf(key)
+		killed := time.Now()
+		if old != victim {
+			t.Fatalf("KillMasterOf(%s) killed %s, want %s", key, old, victim)
+		}
+		if old.Alive() {
+			t.Fatalf("KillMasterOf(%s): %s still runs", key, old)
+		}
+		first, at, err := c.WaitFirstPromoted(ctx, old.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first != want.Addr || at.Before(killed) {
+			t.Fatalf("WaitFirstPromoted: %s at %v after the kill; want %s, after the kill", first, at.Sub(killed), want)
+		}
+		agreed, err := c.WaitPromotion(ctx, old.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if agreed != first {
+			t.Fatalf("WaitPromotion: %s, WaitFirstPromoted: %s", agreed, first)
+		}
+		t.Logf("%s killed; %s answered ROLE master %v later, the cluster agreed %v after that",
+			old, want, at.Sub(killed).Round(time.Millisecond), time.Since(at).Round(time.Millisecond))
+		if addr, err := c.MasterOf(ctx, key); err != nil || addr != want.Addr {
+			t.Fatalf("MasterOf(%s): %s, %v; want %s", key, addr, err, want.Addr)
+		}
+	}
+	failover(c.Masters[1], c.Replicas[1])
+
+	// The old master comes back as a replica of the new one; once every
+	// node sees it so, the promoted replica is the master KillMasterOf
+	// kills.
+	c.Masters[1].Restart()
+	retry(ctx, t, "the restarted master replicating the promoted one", func(ctx context.Context) error {
+		if err := checkReplicas(ctx, c.Replicas[1], c.Masters[1:2]); err != nil {
+			return err
+		}
+		for _, n := range c.live("") {
+			text, err := n.Client().ClusterNodes(ctx).Result()
+			if err != nil {
+				return err
+			}
+			view := parseClusterNodes(text)
+			if r, m := view[c.Masters[1].Addr], view[c.Replicas[1].Addr]; r.master != m.id || !m.hasFlag("master") {
+				return fmt.Errorf("%s sees %s as %q", n, c.Masters[1], r.line)
+			}
+		}
+		return nil
+	})
+	failover(c.Replicas[1], c.Masters[1])
+}

@@ -7,8 +7,11 @@
 // (--save "" --appendonly no) and runs in the foreground as a child of the
 // test binary; t.Cleanup kills it and removes its directory, and a test
 // binary that dies takes its servers with it. Faults are injected with the
-// Server methods (Kill, Stop, Restart, Pause) and the topologies' KillMaster;
-// WaitFailover and WaitPromotion poll until the topology has recovered.
+// Server methods (Kill, Stop, Restart, Pause), the topologies' KillMaster and
+// a Cluster's KillMasterOf (the master of a key's slot). WaitFailover and
+// WaitPromotion poll until the topology has recovered; WaitFirstNamed and
+// WaitFirstPromoted return the moment it first showed the new master, as a
+// reference point for "within d of the promotion".
 //
 // It is a test helper, imported only by tests. redis-server (7.0 or later)
 // must be on PATH: without it the test fails, it is not skipped.

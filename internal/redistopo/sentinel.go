@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -333,6 +335,45 @@ func (s *Sentinel) WaitFailover(ctx context.Context, oldAddr string) (newAddr st
 		return "", fmt.Errorf("redistopo: %w", err)
 	}
 	return newAddr, nil
+}
+
+// WaitFirstNamed polls the live sentinels until one names a master other
+// than oldAddr (SENTINEL get-master-addr-by-name, what a client asks), and
+// returns that address and the time of the answer: the moment clients can
+// first find the new master, as closely as a poll every 25 ms tells it.
+// The leader of the failover names the new master once that replica
+// reports itself a master, up to a second after the promotion (a
+// sentinel polls INFO once a second); the other sentinels follow later,
+// which WaitFailover waits for.
+func (s *Sentinel) WaitFirstNamed(ctx context.Context, oldAddr string) (newAddr string, at time.Time, err error) {
+	err = poll(ctx, "a sentinel naming a master other than "+oldAddr, func(ctx context.Context) error {
+		var errs []error
+		for i, c := range s.clients {
+			if !s.Sentinels[i].Alive() {
+				continue
+			}
+			hp, err := c.GetMasterAddrByName(ctx, s.MasterName).Result()
+			switch {
+			case err != nil:
+				errs = append(errs, fmt.Errorf("%s: %w", s.Sentinels[i], err))
+			case len(hp) != 2:
+				errs = append(errs, fmt.Errorf("%s: get-master-addr-by-name: %v", s.Sentinels[i], hp))
+			case net.JoinHostPort(hp[0], hp[1]) == oldAddr:
+				errs = append(errs, fmt.Errorf("%s still names %s", s.Sentinels[i], oldAddr))
+			default:
+				newAddr, at = net.JoinHostPort(hp[0], hp[1]), time.Now()
+				return nil
+			}
+		}
+		if len(errs) == 0 {
+			return stopPolling{fmt.Errorf("no live sentinel")}
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("redistopo: %w", err)
+	}
+	return newAddr, at, nil
 }
 
 // checkRole checks that the server at addr answers ROLE with role. srv is

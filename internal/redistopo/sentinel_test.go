@@ -56,3 +56,32 @@ func TestSentinelFailover(t *testing.T) {
 	})
 	t.Logf("failover client writing again: %v after WaitFailover", time.Since(began))
 }
+
+// TestSentinelWaitFirstNamed: after KillMaster, WaitFirstNamed returns a
+// former replica, named after the kill and no later than WaitFailover
+// sees every sentinel agree on it.
+func TestSentinelWaitFirstNamed(t *testing.T) {
+	t.Parallel()
+	s := StartSentinel(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	old := s.KillMaster()
+	killed := time.Now()
+	first, at, err := s.WaitFirstNamed(ctx, old.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(s.Replicas, s.Server(first)) || at.Before(killed) {
+		t.Fatalf("WaitFirstNamed: %s at %v after the kill; want a replica, after the kill", first, at.Sub(killed))
+	}
+	agreed, err := s.WaitFailover(ctx, old.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agreed != first {
+		t.Fatalf("WaitFailover: %s, WaitFirstNamed: %s", agreed, first)
+	}
+	t.Logf("%s killed; a sentinel named %s %v later, all agreed %v after that",
+		old, first, at.Sub(killed).Round(time.Millisecond), time.Since(at).Round(time.Millisecond))
+}
