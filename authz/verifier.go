@@ -37,6 +37,9 @@ type Principal struct {
 	OrgSupplier    string
 	ClientTenancy  string
 	JKT            string // thumbprint of the proof key; empty for Bearer
+	// Attest is what a validated trust-framework attest says (codes and
+	// ids); zero when the route does not read it or the token has none.
+	Attest Attest
 	Expires        time.Time
 	// NonceRefresh is set when server nonces are on and the proof's nonce is
 	// past half its life: the caller sends this new one in DPoP-Nonce.
@@ -230,6 +233,12 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	// 4. Token kind and user policy.
 	if derr := v.checkPolicy(p); derr != nil {
 		return nil, withCaller(derr, p)
+	}
+	// 4a. The trust-framework attest.
+	if v.cfg.Attest != AttestOff {
+		if derr := v.checkAttest(p, vt, now); derr != nil {
+			return nil, withCaller(derr, p)
+		}
 	}
 	return p, nil
 }
