@@ -390,14 +390,19 @@ func (p *jsonReader) knownObject(known []string, fn func(name string) error) err
 	return p.knownMembers(known, fn)
 }
 
-// knownMembers reads an object whose members named in known are read by fn
-// (which consumes the value and refuses a second one of the same name);
-// another member is skipped, unless its name equals a known one but for
-// case.
+// knownMembers reads an object whose members named in known (at most 64)
+// are read by fn, which consumes the value; a known member given twice is
+// refused, and so is a name that equals a known one but for case. Another
+// member is skipped.
 func (p *jsonReader) knownMembers(known []string, fn func(name string) error) error {
+	var seen uint64
 	return p.members(func(name string) error {
-		for _, k := range known {
+		for i, k := range known {
 			if name == k {
+				if seen&(1<<i) != 0 {
+					return errClaimsDuplicate
+				}
+				seen |= 1 << i
 				return fn(name)
 			}
 		}
