@@ -93,7 +93,7 @@ var (
 func findClaim(b []byte, name string) (raw []byte, found bool, err error) {
 	p := jsonReader{b: b}
 	seen := false
-	err = p.members(func(key string) error {
+	err = p.forEachMember(func(key string) error {
 		switch {
 		case key == name:
 			if seen {
@@ -184,7 +184,7 @@ func (p *jsonReader) attestBody(d *attestDoc, top bool) error {
 				return err
 			}
 			if p.i >= len(p.b) || p.b[p.i] != '{' {
-				return p.wrongType()
+				return p.skipWrongType()
 			}
 			return p.attestBody(d, false)
 		case "toa":
@@ -204,7 +204,7 @@ func (p *jsonReader) attestBody(d *attestDoc, top bool) error {
 				return err
 			}
 			if p.i >= len(p.b) || p.b[p.i] != '[' {
-				return p.wrongType()
+				return p.skipWrongType()
 			}
 		}
 		return p.skipValue(2)
@@ -292,7 +292,7 @@ func (p *jsonReader) decisionRef(d *attestDoc) error {
 			d.DecisionUserSelected = "false"
 		case p.literal("null"):
 		default:
-			return p.wrongType()
+			return p.skipWrongType()
 		}
 		return nil
 	})
@@ -357,7 +357,7 @@ func (p *jsonReader) attestText(dst *string, seen *bool) error {
 		return nil
 	}
 	if p.i >= len(p.b) || p.b[p.i] != '"' {
-		return p.wrongType()
+		return p.skipWrongType()
 	}
 	v, err := p.str()
 	if err != nil {
@@ -370,8 +370,8 @@ func (p *jsonReader) attestText(dst *string, seen *bool) error {
 	return nil
 }
 
-// wrongType skips the value (checking its syntax) and reports a type error.
-func (p *jsonReader) wrongType() error {
+// skipWrongType skips the value (checking its syntax) and reports a type error.
+func (p *jsonReader) skipWrongType() error {
 	if err := p.skipValue(2); err != nil {
 		return err
 	}
@@ -385,7 +385,7 @@ func (p *jsonReader) knownObject(known []string, fn func(name string) error) err
 		return nil
 	}
 	if p.i >= len(p.b) || p.b[p.i] != '{' {
-		return p.wrongType()
+		return p.skipWrongType()
 	}
 	return p.knownMembers(known, fn)
 }
@@ -396,7 +396,7 @@ func (p *jsonReader) knownObject(known []string, fn func(name string) error) err
 // member is skipped.
 func (p *jsonReader) knownMembers(known []string, fn func(name string) error) error {
 	var seen uint64
-	return p.members(func(name string) error {
+	return p.forEachMember(func(name string) error {
 		for i, k := range known {
 			if name == k {
 				if seen&(1<<i) != 0 {
@@ -415,9 +415,9 @@ func (p *jsonReader) knownMembers(known []string, fn func(name string) error) er
 	})
 }
 
-// members reads an object, calling fn with each member's name with the
+// forEachMember reads an object, calling fn with each member's name with the
 // reader at the value, which fn consumes.
-func (p *jsonReader) members(fn func(name string) error) error {
+func (p *jsonReader) forEachMember(fn func(name string) error) error {
 	p.space()
 	if !p.take('{') {
 		return errClaimsNotObject
@@ -483,10 +483,9 @@ func jsonDepth(b []byte, limit int) (depth int, ok bool) {
 }
 
 // checkAttest is step 4a: the trust framework's attest, when the route reads
-// it. pid is the token's pid claim. A validated attest is recorded on p, and
-// its legal entity and point of care stand in for orgnr_parent and
-// orgnr_child when the token has none (HelseID plans to drop those flat
-// claims in favour of the attest).
+// it. A validated attest is recorded on p, and its legal entity and point of
+// care stand in for orgnr_parent and orgnr_child when the token has none
+// (HelseID plans to drop those flat claims in favour of the attest).
 func (v *Verifier) checkAttest(p *Principal, vt *verifiedToken, now time.Time) *Error {
 	if !vt.hasAttest {
 		if v.cfg.Attest == AttestRequired {
@@ -498,40 +497,14 @@ func (v *Verifier) checkAttest(p *Principal, vt *verifiedToken, now time.Time) *
 		return denyErr(InvalidToken, "attest_malformed", "the trust-framework attest is malformed", vt.attestErr)
 	}
 	d := &vt.attest
-	// ATT-9: the attest speaks for a person identified at assurance level
-	// high (security level 4): a user token.
-	if p.Kind != KindUser {
-		return deny(InsufficientScope, "attest_not_user", "the trust-framework attest requires a user token")
+	if derr := attestPerson(p, d, vt.claims.PID); derr != nil {
+		return derr
 	}
-	if p.SecurityLevel != "4" {
-		return deny(InsufficientScope, "attest_security_level", "the trust-framework attest requires security level 4")
+	if derr := attestOrgs(p, d); derr != nil {
+		return derr
 	}
-	// ATT-11: the practitioner is the authenticated user.
-	if d.practitionerID == "" || d.practitionerID != vt.claims.PID {
-		return deny(InvalidToken, "attest_not_caller", "the trust-framework attest does not name the authenticated user")
-	}
-	// ATT-10: identified by an F-number or a D-number.
-	if !personOID(d.practitionerSystem) {
-		return deny(InvalidToken, "attest_identifier_system", "the trust-framework attest does not identify the user by an F- or D-number")
-	}
-	// The organizations are organization numbers, and the legal entity is
-	// the token's own.
-	if (d.LegalEntity != "" && !ValidOrgNumber(d.LegalEntity)) || (d.PointOfCare != "" && !ValidOrgNumber(d.PointOfCare)) {
-		return deny(InvalidToken, "attest_org_invalid", "the trust-framework attest names an invalid organization number")
-	}
-	if d.LegalEntity != "" && p.OrgParent != "" && d.LegalEntity != p.OrgParent {
-		return deny(InvalidToken, "attest_org_mismatch", "the trust-framework attest names another legal entity than the token")
-	}
-	// ATT-58: at most attest_max_age old; the error must say
-	// attestation_has_expired. An attest without toa (data models before
-	// v1.1) has no age to check.
-	if d.hasTOA {
-		if now.Sub(d.toa) > v.cfg.AttestMaxAge+v.cfg.ClockSkew {
-			return deny(InvalidToken, "attestation_has_expired", "attestation_has_expired")
-		}
-		if d.toa.Sub(now) > v.cfg.ClockSkew {
-			return deny(InvalidToken, "attest_toa_future", "the trust-framework attest is dated in the future")
-		}
+	if derr := v.attestAge(d, now); derr != nil {
+		return derr
 	}
 	if !contains(v.cfg.Purposes, d.PurposeOfUse) {
 		return deny(InsufficientScope, "attest_purpose", "this API does not accept the attest's purpose of use")
@@ -542,6 +515,58 @@ func (v *Verifier) checkAttest(p *Principal, vt *verifiedToken, now time.Time) *
 	}
 	if p.OrgChild == "" {
 		p.OrgChild = d.PointOfCare
+	}
+	return nil
+}
+
+// attestPerson checks that the attest speaks for the caller, a person: the
+// token is a user token at security level 4 (rule ATT-9), and the
+// practitioner is the token's pid (ATT-11) identified by an F- or D-number
+// (ATT-10).
+func attestPerson(p *Principal, d *attestDoc, pid string) *Error {
+	// ATT-9: assurance level high is HelseID's security level 4.
+	if p.Kind != KindUser {
+		return deny(InsufficientScope, "attest_not_user", "the trust-framework attest requires a user token")
+	}
+	if p.SecurityLevel != "4" {
+		return deny(InsufficientScope, "attest_security_level", "the trust-framework attest requires security level 4")
+	}
+	// ATT-11: the practitioner is the authenticated user.
+	if d.practitionerID == "" || d.practitionerID != pid {
+		return deny(InvalidToken, "attest_not_caller", "the trust-framework attest does not name the authenticated user")
+	}
+	// ATT-10: identified by an F-number or a D-number.
+	if !personOID(d.practitionerSystem) {
+		return deny(InvalidToken, "attest_identifier_system", "the trust-framework attest does not identify the user by an F- or D-number")
+	}
+	return nil
+}
+
+// attestOrgs checks that the attest's organizations are organization
+// numbers, and that its legal entity is the token's own.
+func attestOrgs(p *Principal, d *attestDoc) *Error {
+	if (d.LegalEntity != "" && !ValidOrgNumber(d.LegalEntity)) || (d.PointOfCare != "" && !ValidOrgNumber(d.PointOfCare)) {
+		return deny(InvalidToken, "attest_org_invalid", "the trust-framework attest names an invalid organization number")
+	}
+	if d.LegalEntity != "" && p.OrgParent != "" && d.LegalEntity != p.OrgParent {
+		return deny(InvalidToken, "attest_org_mismatch", "the trust-framework attest names another legal entity than the token")
+	}
+	return nil
+}
+
+// attestAge applies rule ATT-58: an attest at most attest_max_age old (its
+// toa, with the clock skew), refused with attestation_has_expired, which the
+// rule wants in the error. An attest without toa (the shapes before data
+// model v1.1) has no age to check and is accepted.
+func (v *Verifier) attestAge(d *attestDoc, now time.Time) *Error {
+	if !d.hasTOA {
+		return nil
+	}
+	if now.Sub(d.toa) > v.cfg.AttestMaxAge+v.cfg.ClockSkew {
+		return deny(InvalidToken, "attestation_has_expired", "attestation_has_expired")
+	}
+	if d.toa.Sub(now) > v.cfg.ClockSkew {
+		return deny(InvalidToken, "attest_toa_future", "the trust-framework attest is dated in the future")
 	}
 	return nil
 }

@@ -24,7 +24,8 @@ func AllowReasons() []ReasonInfo {
 }
 
 // DenialReasons returns every reason a denial can carry, in the order of the
-// checks (SPEC §3–§5).
+// checks: framing, the access token, the proof, the token policy, the
+// attest, the membership.
 func DenialReasons() []ReasonInfo {
 	return []ReasonInfo{
 		// 1. Framing.

@@ -39,8 +39,8 @@ type Principal struct {
 	JKT            string // thumbprint of the proof key; empty for Bearer
 	// Attest is what a validated trust-framework attest says (codes and
 	// ids); zero when the route does not read it or the token has none.
-	Attest Attest
-	Expires        time.Time
+	Attest  Attest
+	Expires time.Time
 	// NonceRefresh is set when server nonces are on and the proof's nonce is
 	// past half its life: the caller sends this new one in DPoP-Nonce.
 	NonceRefresh string
@@ -117,8 +117,9 @@ func (v *Verifier) NewNonce() string {
 	return v.nonces.Issue(v.clock.Now())
 }
 
-// Verify runs the checks of SPEC §3 steps 1–4 on a request and returns the
-// principal, or the first failure.
+// Verify runs the checks on a request (framing, the access token, the DPoP
+// proof, the token policy and, on routes that read it, the trust-framework
+// attest) and returns the principal, or the first failure.
 func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	now := v.clock.Now()
 

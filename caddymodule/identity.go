@@ -70,8 +70,8 @@ const (
 	numIdentityHdrs = 16
 )
 
-// setIdentity sets the upstream headers and the placeholders of SPEC §6.
-// Never the pid.
+// setIdentity sets the upstream headers and the placeholders of a verified
+// caller, with the codes and ids of a validated attest. Never the pid.
 func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	// One backing array for every value (the names are canonical constants,
 	// so the map is written directly): one allocation, not one per header.
