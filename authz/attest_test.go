@@ -493,3 +493,15 @@ type membershipFunc func(service, org string) Answer
 func (m membershipFunc) Lookup(_ context.Context, service, org string) (Answer, error) {
 	return m(service, org), nil
 }
+
+// BenchmarkParseAttest reads a full attest in the string encoding: once per
+// access token (the outcome is cached with the verified token).
+func BenchmarkParseAttest(b *testing.B) {
+	raw := []byte(mustJSON(b, asString(b, wrapped(goodAttest(), testNow))))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := parseAttest(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
