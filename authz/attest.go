@@ -571,6 +571,13 @@ func (v *Verifier) attestAge(d *attestDoc, now time.Time) *Error {
 	return nil
 }
 
+// IsAttestReason reports whether reason is a denial of the attest step: its
+// reasons, and no others, start with "attest" (attest_*, and
+// attestation_has_expired, the code rule ATT-58 prescribes).
+func IsAttestReason(reason string) bool {
+	return strings.HasPrefix(reason, "attest")
+}
+
 // personOID reports whether system names the F-number or the D-number OID,
 // as urn:oid:<oid> or the bare OID.
 func personOID(system string) bool {

@@ -505,3 +505,24 @@ func BenchmarkParseAttest(b *testing.B) {
 		}
 	}
 }
+
+// IsAttestReason knows the attest step's reasons and no others.
+func TestIsAttestReason(t *testing.T) {
+	attest := map[string]bool{}
+	for _, r := range []string{"attest_missing", "attest_malformed", "attest_not_user", "attest_security_level", "attest_not_caller",
+		"attest_identifier_system", "attest_org_invalid", "attest_org_mismatch", "attestation_has_expired", "attest_toa_future", "attest_purpose"} {
+		attest[r] = true
+	}
+	n := 0
+	for _, r := range DenialReasons() {
+		if IsAttestReason(r.Code) != attest[r.Code] {
+			t.Errorf("IsAttestReason(%q) = %v", r.Code, !attest[r.Code])
+		}
+		if attest[r.Code] {
+			n++
+		}
+	}
+	if n != len(attest) {
+		t.Errorf("DenialReasons lists %d of the %d attest reasons", n, len(attest))
+	}
+}

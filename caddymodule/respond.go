@@ -93,7 +93,7 @@ func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
 		hdr.Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", `+desc)
 		hdr.Set("DPoP-Nonce", h.verifier.NewNonce())
 	case authz.InsufficientScope:
-		if isAttestReason(derr.Reason) {
+		if authz.IsAttestReason(derr.Reason) {
 			// The attest, not a scope, is what is missing: the reason is in
 			// the body.
 			hdr.Set("WWW-Authenticate", `DPoP error="insufficient_scope"`)
@@ -120,12 +120,6 @@ type problem struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// isAttestReason reports whether reason is one of the attest's
-// (attest_*, attestation_has_expired).
-func isAttestReason(reason string) bool {
-	return strings.HasPrefix(reason, "attest")
-}
-
 // deny answers a denied request. When the server's error routes answer it
 // (handle_errors), it returns a HandlerError for them, headers already set;
 // otherwise it writes the problem+json body itself, since Caddy would send an
@@ -146,7 +140,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 		Detail: derr.Description,
 		Error:  code,
 	}
-	if isAttestReason(derr.Reason) {
+	if authz.IsAttestReason(derr.Reason) {
 		pr.Reason = derr.Reason
 	}
 	body, err := json.Marshal(pr)
