@@ -69,6 +69,11 @@ type Config struct {
 	TokenKind        TokenKind
 	MinSecurityLevel int // 0 = no requirement
 	RequireHPR       bool
+
+	// The trust-framework attest (ClaimAttest): not read when off.
+	Attest       AttestMode
+	AttestMaxAge time.Duration // oldest acceptable toa; default DefaultAttestMaxAge
+	Purposes     []string      // accepted purpose_of_use codes; default DefaultPurposes
 }
 
 // withDefaults returns a copy of c with every zero value replaced by its default.
@@ -96,6 +101,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TokenKind == "" {
 		c.TokenKind = KindAny
+	}
+	if c.AttestMaxAge == 0 {
+		c.AttestMaxAge = DefaultAttestMaxAge
+	}
+	if len(c.Purposes) == 0 {
+		c.Purposes = DefaultPurposes
 	}
 	return c
 }
@@ -151,6 +162,43 @@ func (c Config) Validate() error {
 	if c.PublicOrigin != "" {
 		if err := CheckOrigin(c.PublicOrigin); err != nil {
 			return err
+		}
+	}
+	return c.validateAttest()
+}
+
+// validateAttest checks the attest settings: a mode, a non-negative age, and
+// purposes that are codes, each named once.
+func (c Config) validateAttest() error {
+	switch c.Attest {
+	case AttestOff, AttestOptional, AttestRequired:
+	default:
+		return fmt.Errorf("attest must be required or optional, not %q", c.Attest)
+	}
+	if c.AttestMaxAge < 0 {
+		return errors.New("attest_max_age must not be negative")
+	}
+	for i, code := range c.Purposes {
+		if err := CheckPurpose(code); err != nil {
+			return err
+		}
+		if contains(c.Purposes[:i], code) {
+			return fmt.Errorf("purposes: %q is named twice", code)
+		}
+	}
+	return nil
+}
+
+// CheckPurpose accepts a purpose_of_use code: a non-empty token of letters,
+// digits, '-', '_' and '.' (the codes seen are TREAT, ETREAT, COC, BTG and
+// an old "1").
+func CheckPurpose(code string) error {
+	if code == "" || len(code) > 64 {
+		return fmt.Errorf("purposes: %q is not a purpose_of_use code", code)
+	}
+	for _, r := range code {
+		if !('A' <= r && r <= 'Z' || 'a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("purposes: %q is not a purpose_of_use code", code)
 		}
 	}
 	return nil

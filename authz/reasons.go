@@ -24,7 +24,8 @@ func AllowReasons() []ReasonInfo {
 }
 
 // DenialReasons returns every reason a denial can carry, in the order of the
-// checks (SPEC §3–§5).
+// checks: framing, the access token, the proof, the token policy, the
+// attest, the membership.
 func DenialReasons() []ReasonInfo {
 	return []ReasonInfo{
 		// 1. Framing.
@@ -77,6 +78,18 @@ func DenialReasons() []ReasonInfo {
 		{"token_kind", InsufficientScope, "a machine token where token_kind user is required, or the reverse"},
 		{"security_level", InsufficientScope, "the user's security level is below min_security_level"},
 		{"hpr_missing", InsufficientScope, "require_hpr and the user token has no HPR number"},
+		// 4a. The trust-framework attest.
+		{"attest_missing", InsufficientScope, "`attest required` and the token has no attest"},
+		{"attest_malformed", InvalidToken, "the attest is not an object (or a string holding one), or breaks the strict reading: a duplicate or case-variant member, a wrong type, too large or too deep"},
+		{"attest_not_user", InsufficientScope, "an attest on a token without pid (ATT-9: the attest is for a person)"},
+		{"attest_security_level", InsufficientScope, "an attest on a user token below security level 4 (ATT-9)"},
+		{"attest_not_caller", InvalidToken, "practitioner.identifier.id is absent or not the token's pid (ATT-11)"},
+		{"attest_identifier_system", InvalidToken, "the practitioner identifier's system is not the F-number or D-number OID (ATT-10)"},
+		{"attest_org_invalid", InvalidToken, "legal_entity.id or point_of_care.id is not a valid organization number"},
+		{"attest_org_mismatch", InvalidToken, "legal_entity.id differs from the token's orgnr_parent"},
+		{"attestation_has_expired", InvalidToken, "the attest's toa is older than attest_max_age (with clock_skew; ATT-58)"},
+		{"attest_toa_future", InvalidToken, "the attest's toa is later than now plus clock_skew"},
+		{"attest_purpose", InsufficientScope, "purpose_of_use.code is absent or not one of the route's purposes"},
 		// 5. Membership.
 		{ReasonNoOrg, NotMember, "the token names no organization number the org rule needs"},
 		{ReasonInvalidOrg, NotMember, "the token's organization number fails the mod-11 check"},

@@ -24,6 +24,12 @@ type verifiedToken struct {
 	exp    time.Time
 	nbf    time.Time
 	ath    string // base64url(SHA-256(token)), what a proof's ath must be (RFC 9449 §4.2)
+	// The trust-framework attest as read, on routes that read it: judged
+	// at step 4a, after the proof, so that a bad attest is not reported
+	// before a bad proof.
+	hasAttest bool
+	attest    attestDoc
+	attestErr error
 }
 
 // verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725
@@ -144,6 +150,9 @@ func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*ver
 	// cnf, when present, must carry a jkt string (RFC 9449 §6.1).
 	if c.Cnf != nil && (c.Cnf.JKT == nil || *c.Cnf.JKT == "") {
 		return nil, deny(InvalidToken, "token_cnf", "the access token confirmation is malformed")
+	}
+	if v.cfg.Attest != AttestOff {
+		vt.readAttest(payload)
 	}
 	return vt, nil
 }

@@ -37,7 +37,10 @@ type Principal struct {
 	OrgSupplier    string
 	ClientTenancy  string
 	JKT            string // thumbprint of the proof key; empty for Bearer
-	Expires        time.Time
+	// Attest is what a validated trust-framework attest says (codes and
+	// ids); zero when the route does not read it or the token has none.
+	Attest  Attest
+	Expires time.Time
 	// NonceRefresh is set when server nonces are on and the proof's nonce is
 	// past half its life: the caller sends this new one in DPoP-Nonce.
 	NonceRefresh string
@@ -114,8 +117,9 @@ func (v *Verifier) NewNonce() string {
 	return v.nonces.Issue(v.clock.Now())
 }
 
-// Verify runs the checks of SPEC §3 steps 1–4 on a request and returns the
-// principal, or the first failure.
+// Verify runs the checks on a request (framing, the access token, the DPoP
+// proof, the token policy and, on routes that read it, the trust-framework
+// attest) and returns the principal, or the first failure.
 func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	now := v.clock.Now()
 
@@ -230,6 +234,12 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	// 4. Token kind and user policy.
 	if derr := v.checkPolicy(p); derr != nil {
 		return nil, withCaller(derr, p)
+	}
+	// 4a. The trust-framework attest.
+	if v.cfg.Attest != AttestOff {
+		if derr := v.checkAttest(p, vt, now); derr != nil {
+			return nil, withCaller(derr, p)
+		}
 	}
 	return p, nil
 }

@@ -44,6 +44,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		token_kind        user|machine|any
 //		min_security_level <1-4>
 //		require_hpr
+//		attest            required|optional
+//		attest_max_age    <duration>
+//		purposes          <code...>
 //		redis             none | <url> | redis [<url>] { addrs <host:port...>; master_name <name>; username <u>; password <p>; db <n>; tls; key_prefix <p> }
 //		on_store_error    local|deny
 //		forward_token     on|off
@@ -72,6 +75,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if h.Audience == "" {
 		return d.Err("helseid: audience is required")
+	}
+	if h.Attest == "" && (seen["attest_max_age"] || seen["purposes"]) {
+		return d.Err("helseid: attest_max_age and purposes need attest required or optional")
 	}
 	return nil
 }
@@ -135,6 +141,22 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		return nil
 	case "require_hpr":
 		return flag(d, &h.RequireHPR)
+	case "attest":
+		return oneOf(d, &h.Attest, "required", "optional")
+	case "attest_max_age":
+		return duration(d, &h.AttestMaxAge)
+	case "purposes":
+		if err := someArgs(d, &h.Purposes, authz.CheckPurpose); err != nil {
+			return err
+		}
+		for i, code := range h.Purposes {
+			for _, prev := range h.Purposes[:i] {
+				if code == prev {
+					return d.Errf("purposes: %q is named twice", code)
+				}
+			}
+		}
+		return nil
 	case "redis":
 		return h.unmarshalRedis(d)
 	case "on_store_error":

@@ -138,6 +138,17 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"redis duplicate option", " redis redis://127.0.0.1 {\n tls\n tls\n }\n", `duplicate redis option "tls"`},
 		{"redis bad db", " redis {\n addrs 127.0.0.1:6379\n db x\n }\n", "redis db must be"},
 		{"scopes without value", " scopes\n", "wrong argument count"},
+		{"attest mode", " attest always\n", "attest must be required or optional"},
+		{"attest without value", " attest\n", "wrong argument count"},
+		{"attest twice", " attest required\n attest optional\n", `duplicate subdirective "attest"`},
+		{"attest_max_age bad", " attest required\n attest_max_age an-hour\n", "attest_max_age must be a positive duration"},
+		{"attest_max_age zero", " attest required\n attest_max_age 0s\n", "attest_max_age must be a positive duration"},
+		{"attest_max_age two values", " attest required\n attest_max_age 5m 10m\n", "wrong argument count"},
+		{"purposes without value", " attest required\n purposes\n", "wrong argument count"},
+		{"purposes twice the same", " attest required\n purposes BTG ETREAT BTG\n", `"BTG" is named twice`},
+		{"purposes not a code", " attest required\n purposes TREAT B/TG\n", `"B/TG" is not a purpose_of_use code`},
+		{"attest_max_age without attest", " attest_max_age 5m\n", "need attest required or optional"},
+		{"purposes without attest", " purposes BTG\n", "need attest required or optional"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,6 +173,29 @@ func TestCaddyfileErrors(t *testing.T) {
 				t.Fatalf("error does not name file and line: %v", err)
 			}
 		})
+	}
+}
+
+func TestCaddyfileAttest(t *testing.T) {
+	for _, tc := range []struct {
+		body     string
+		mode     string
+		maxAge   time.Duration
+		purposes []string
+	}{
+		{" attest required\n", "required", 0, nil},
+		{" attest optional\n attest_max_age 15m\n", "optional", 15 * time.Minute, nil},
+		{" attest required\n purposes ETREAT BTG\n", "required", 0, []string{"ETREAT", "BTG"}},
+		{" attest {env.ATTEST}\n purposes {env.PURPOSES}\n", "{env.ATTEST}", 0, []string{"{env.PURPOSES}"}},
+		{"", "", 0, nil},
+	} {
+		h, err := parse(t, "helseid {\n issuer https://x.example\n audience a\n"+tc.body+"}")
+		if err != nil {
+			t.Fatalf("%q: %v", tc.body, err)
+		}
+		if h.Attest != tc.mode || time.Duration(h.AttestMaxAge) != tc.maxAge || strings.Join(h.Purposes, " ") != strings.Join(tc.purposes, " ") {
+			t.Errorf("%q parsed as %q %v %q", tc.body, h.Attest, time.Duration(h.AttestMaxAge), h.Purposes)
+		}
 	}
 }
 

@@ -57,11 +57,21 @@ const (
 	hdrHPRNumber     = "X-Helseid-Hpr-Number"
 	hdrDPoPJKT       = "X-Helseid-Dpop-Jkt"
 	hdrMembership    = "X-Helseid-Membership"
-	numIdentityHdrs  = 9
+
+	// From a validated trust-framework attest.
+	hdrLegalEntity          = "X-Helseid-Legal-Entity"
+	hdrPointOfCare          = "X-Helseid-Point-Of-Care"
+	hdrDepartment           = "X-Helseid-Department"
+	hdrPurposeOfUse         = "X-Helseid-Purpose-Of-Use"
+	hdrHealthcareService    = "X-Helseid-Healthcare-Service"
+	hdrDecisionRef          = "X-Helseid-Decision-Ref"
+	hdrDecisionUserSelected = "X-Helseid-Decision-User-Selected"
+
+	numIdentityHdrs = 16
 )
 
-// setIdentity sets the upstream headers and the placeholders of SPEC §6.
-// Never the pid.
+// setIdentity sets the upstream headers and the placeholders of a verified
+// caller, with the codes and ids of a validated attest. Never the pid.
 func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	// One backing array for every value (the names are canonical constants,
 	// so the map is written directly): one allocation, not one per header.
@@ -83,6 +93,14 @@ func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	if h.membership != nil {
 		set(hdrMembership, h.membership.Service)
 	}
+	a := &p.Attest
+	set(hdrLegalEntity, a.LegalEntity)
+	set(hdrPointOfCare, a.PointOfCare)
+	set(hdrDepartment, a.Department)
+	set(hdrPurposeOfUse, a.PurposeOfUse)
+	set(hdrHealthcareService, a.HealthcareService)
+	set(hdrDecisionRef, a.DecisionRef)
+	set(hdrDecisionUserSelected, a.DecisionUserSelected)
 
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
@@ -108,6 +126,13 @@ var identityPlaceholders = [...]string{
 	"http.auth.user.security_level",
 	"http.auth.user.hpr_number",
 	"http.auth.user.jkt",
+	"http.auth.user.legal_entity",
+	"http.auth.user.point_of_care",
+	"http.auth.user.department",
+	"http.auth.user.purpose_of_use",
+	"http.auth.user.healthcare_service",
+	"http.auth.user.decision_ref",
+	"http.auth.user.decision_user_selected",
 }
 
 // principalPlaceholders answers the http.auth.user.* placeholders of a
@@ -142,6 +167,20 @@ func (pp principalPlaceholders) get(key string) (any, bool) {
 		return p.HPRNumber, true
 	case "jkt":
 		return p.JKT, true
+	case "legal_entity":
+		return p.Attest.LegalEntity, true
+	case "point_of_care":
+		return p.Attest.PointOfCare, true
+	case "department":
+		return p.Attest.Department, true
+	case "purpose_of_use":
+		return p.Attest.PurposeOfUse, true
+	case "healthcare_service":
+		return p.Attest.HealthcareService, true
+	case "decision_ref":
+		return p.Attest.DecisionRef, true
+	case "decision_user_selected":
+		return p.Attest.DecisionUserSelected, true
 	}
 	return nil, false
 }
@@ -154,7 +193,11 @@ func (pp principalPlaceholders) get(key string) (any, bool) {
 // method, path without query, trace id, and who the caller is when the
 // access token verified: client_id, org numbers, token kind, security level,
 // HPR number, DPoP thumbprint and token jti, with the membership answer's
-// age and staleness once a lookup answered. Never the token, the proof or the
+// age and staleness once a lookup answered, and the codes and ids of a
+// validated trust-framework attest (legal entity, point of care, department,
+// purpose of use, healthcare service, decision reference and whether the
+// health worker chose it: rules ATT-16, ATT-20 and ATT-46 want them in the
+// data source's access log). Never the token, the proof or the
 // pid: authz.Principal does not hold them. The HPR number appears here and
 // nowhere else in the logs. A caller whose token did not verify is not
 // described: unverified claims are not evidence.
@@ -201,6 +244,15 @@ func (c callerFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("hpr_number", p.HPRNumber)
 	enc.AddString("jkt", p.JKT)
 	enc.AddString("token_jti", p.TokenID)
+	if a := &p.Attest; *a != (authz.Attest{}) {
+		enc.AddString("legal_entity", a.LegalEntity)
+		enc.AddString("point_of_care", a.PointOfCare)
+		enc.AddString("department", a.Department)
+		enc.AddString("purpose_of_use", a.PurposeOfUse)
+		enc.AddString("healthcare_service", a.HealthcareService)
+		enc.AddString("decision_ref", a.DecisionRef)
+		enc.AddString("decision_user_selected", a.DecisionUserSelected)
+	}
 	if p.MembershipAnswered { // the answer decided on: whole seconds; stale only when true
 		enc.AddInt64("membership_age_s", int64(p.MembershipAge.Seconds()))
 		if p.MembershipStale {

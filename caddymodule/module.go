@@ -37,7 +37,12 @@ func init() {
 // never the pid), {http.auth.user.client_id}, {http.auth.user.org_parent},
 // {http.auth.user.org_child}, {http.auth.user.org_supplier},
 // {http.auth.user.token_kind}, {http.auth.user.security_level},
-// {http.auth.user.hpr_number} and {http.auth.user.jkt}.
+// {http.auth.user.hpr_number} and {http.auth.user.jkt}; on routes that read
+// the trust-framework attest, from a validated one:
+// {http.auth.user.legal_entity}, {http.auth.user.point_of_care},
+// {http.auth.user.department}, {http.auth.user.purpose_of_use},
+// {http.auth.user.healthcare_service}, {http.auth.user.decision_ref} and
+// {http.auth.user.decision_user_selected}.
 type Handler struct {
 	// The issuer, exactly as the iss claim carries it. Discovery is read from
 	// <issuer>/.well-known/openid-configuration. Required; https unless loopback.
@@ -79,6 +84,17 @@ type Handler struct {
 	MinSecurityLevel int `json:"min_security_level,omitempty"`
 	// User tokens: helseid://claims/hpr/hpr_number must be present.
 	RequireHPR bool `json:"require_hpr,omitempty"`
+
+	// The trust-framework attest (claim nhn:tillitsrammeverk:parameters):
+	// "required" (the token must carry one), "optional" (validated when
+	// present) or empty (not read). A validated attest's codes and ids go
+	// upstream in X-Helseid-* headers and into the audit entry, and its
+	// legal entity stands in for a missing orgnr_parent.
+	Attest string `json:"attest,omitempty"`
+	// Oldest acceptable attest (its toa), rule ATT-58. Default: 60m.
+	AttestMaxAge caddy.Duration `json:"attest_max_age,omitempty"`
+	// Accepted purpose_of_use codes. Default: TREAT ETREAT COC BTG.
+	Purposes []string `json:"purposes,omitempty"`
 
 	// Organization authorization against the membership registry (SPEC §5).
 	Membership *MembershipConfig `json:"membership,omitempty"`
@@ -191,10 +207,10 @@ func (h *Handler) resolvePlaceholders() error {
 	resolve := func(s *string) {
 		*s = repl.ReplaceKnown(*s, "")
 	}
-	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError} {
+	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError, &h.Attest} {
 		resolve(s)
 	}
-	for _, list := range [][]string{h.Scopes, h.TokenTypes, h.Algorithms, h.DPoPAlgorithms} {
+	for _, list := range [][]string{h.Scopes, h.TokenTypes, h.Algorithms, h.DPoPAlgorithms, h.Purposes} {
 		for i := range list {
 			resolve(&list[i])
 		}
@@ -246,6 +262,12 @@ func (h *Handler) authzConfig() (authz.Config, error) {
 		TokenKind:        authz.TokenKind(h.TokenKind),
 		MinSecurityLevel: h.MinSecurityLevel,
 		RequireHPR:       h.RequireHPR,
+		Attest:           authz.AttestMode(h.Attest),
+		AttestMaxAge:     time.Duration(h.AttestMaxAge),
+		Purposes:         h.Purposes,
+	}
+	if h.Attest == "" && (h.AttestMaxAge != 0 || len(h.Purposes) > 0) {
+		return cfg, errors.New("helseid: attest_max_age and purposes need attest required or optional")
 	}
 	if h.DPoPNonce != "" {
 		if len(h.DPoPNonce) < 16 {

@@ -93,6 +93,12 @@ func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
 		hdr.Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", `+desc)
 		hdr.Set("DPoP-Nonce", h.verifier.NewNonce())
 	case authz.InsufficientScope:
+		if authz.IsAttestReason(derr.Reason) {
+			// The attest, not a scope, is what is missing: the reason is in
+			// the body.
+			hdr.Set("WWW-Authenticate", `DPoP error="insufficient_scope"`)
+			break
+		}
 		hdr.Set("WWW-Authenticate", `DPoP error="insufficient_scope"`+c.scope)
 	case authz.Unavailable:
 		hdr.Set("Retry-After", "5")
@@ -107,6 +113,11 @@ type problem struct {
 	Status int    `json:"status"`
 	Detail string `json:"detail"`
 	Error  string `json:"error"`
+	// Reason is the reason code of an attest denial, so that a client can
+	// tell a missing attest, a purpose the API does not take and an expired
+	// attest (attestation_has_expired) apart. Other denials keep their
+	// reason to the audit log.
+	Reason string `json:"reason,omitempty"`
 }
 
 // deny answers a denied request. When the server's error routes answer it
@@ -122,13 +133,17 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error
 		}
 	}
 	code := errorCode(derr)
-	body, err := json.Marshal(problem{
+	pr := problem{
 		Type:   "urn:helsegate:error:" + code,
 		Title:  http.StatusText(st),
 		Status: st,
 		Detail: derr.Description,
 		Error:  code,
-	})
+	}
+	if authz.IsAttestReason(derr.Reason) {
+		pr.Reason = derr.Reason
+	}
+	body, err := json.Marshal(pr)
 	if err != nil {
 		return caddyhttp.Error(st, derr)
 	}
