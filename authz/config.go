@@ -69,6 +69,10 @@ type Config struct {
 	TokenKind        TokenKind
 	MinSecurityLevel int // 0 = no requirement
 	RequireHPR       bool
+
+	// Environment, when declared, pins Issuer and JWKSURL to HelseID's hosts
+	// of that environment (CheckEnvironment).
+	Environment Environment
 }
 
 // withDefaults returns a copy of c with every zero value replaced by its default.
@@ -111,6 +115,14 @@ func (c Config) Validate() error {
 	}
 	if c.JWKSURL != "" {
 		if err := CheckURL("jwks_url", c.JWKSURL); err != nil {
+			return err
+		}
+	}
+	if err := CheckEnvironment(c.Environment, "issuer", c.Issuer); err != nil {
+		return err
+	}
+	if c.JWKSURL != "" {
+		if err := CheckEnvironment(c.Environment, "jwks_url", c.JWKSURL); err != nil {
 			return err
 		}
 	}

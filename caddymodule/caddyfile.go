@@ -16,10 +16,35 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("helseid", parseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("helseid", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterGlobalOption(environmentOption, parseEnvironmentOption)
+}
+
+// environmentOption is the global option that declares the HelseID
+// environment of every helseid handler in the Caddyfile:
+//
+//	{
+//		helseid_environment production|test
+//	}
+//
+// Declared, an issuer or jwks_url on a HelseID host of the other environment
+// is an error at its line. A global option, not a subdirective: one
+// declaration covers every route, and a route added later cannot forget it.
+const environmentOption = "helseid_environment"
+
+func parseEnvironmentOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	d.Next() // the option name
+	var env string
+	if err := oneOf(d, &env, string(authz.EnvProduction), string(authz.EnvTest)); err != nil {
+		return nil, err
+	}
+	return env, nil
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	var m Handler
+	if env, ok := h.Option(environmentOption).(string); ok {
+		m.Environment = env
+	}
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return &m, err
 }
@@ -79,9 +104,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) error {
 	switch name {
 	case "issuer":
-		return oneURL(d, &h.Issuer)
+		return h.pinnedURL(d, &h.Issuer)
 	case "jwks_url":
-		return oneURL(d, &h.JWKSURL)
+		return h.pinnedURL(d, &h.JWKSURL)
 	case "audience":
 		return oneArg(d, &h.Audience)
 	case "single_audience":
@@ -221,6 +246,22 @@ func (h *Handler) unmarshalRedis(d *caddyfile.Dispenser) error {
 		if _, err := r.UniversalOptions(); err != nil {
 			return d.Err(err.Error())
 		}
+	}
+	return nil
+}
+
+// pinnedURL reads one URL with oneURL and checks it against the declared
+// environment (helseid_environment), so that the error names its line.
+func (h *Handler) pinnedURL(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if err := oneURL(d, dst); err != nil {
+		return err
+	}
+	if hasPlaceholder(*dst) || hasPlaceholder(h.Environment) {
+		return nil // checked at Provision, once resolved
+	}
+	if err := authz.CheckEnvironment(authz.Environment(h.Environment), name, *dst); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }

@@ -92,6 +92,12 @@ type Handler struct {
 	// Pass Authorization and DPoP upstream unchanged. Default: true.
 	ForwardToken *bool `json:"forward_token,omitempty"`
 
+	// The HelseID environment, "production" or "test"; the Caddyfile's global
+	// option helseid_environment sets it on every handler. Declared, an issuer
+	// or jwks_url on a HelseID host of the other environment is a config
+	// error. Default: none declared, nothing checked.
+	Environment string `json:"environment,omitempty"`
+
 	verifier   *authz.Verifier
 	membership *authz.MembershipCheck // nil without a membership block
 	logger     *zap.Logger
@@ -191,7 +197,7 @@ func (h *Handler) resolvePlaceholders() error {
 	resolve := func(s *string) {
 		*s = repl.ReplaceKnown(*s, "")
 	}
-	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError} {
+	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError, &h.Environment} {
 		resolve(s)
 	}
 	for _, list := range [][]string{h.Scopes, h.TokenTypes, h.Algorithms, h.DPoPAlgorithms} {
@@ -246,6 +252,7 @@ func (h *Handler) authzConfig() (authz.Config, error) {
 		TokenKind:        authz.TokenKind(h.TokenKind),
 		MinSecurityLevel: h.MinSecurityLevel,
 		RequireHPR:       h.RequireHPR,
+		Environment:      authz.Environment(h.Environment),
 	}
 	if h.DPoPNonce != "" {
 		if len(h.DPoPNonce) < 16 {
