@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -72,6 +73,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		redis             none | <url> | redis [<url>] { addrs <host:port...>; master_name <name>; username <u>; password <p>; db <n>; tls; key_prefix <p> }
 //		on_store_error    local|deny
 //		forward_token     on|off
+//		resource_metadata [<resource>]
 //		membership <service> { … }   (see unmarshalMembership)
 //	}
 //
@@ -97,6 +99,34 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if h.Audience == "" {
 		return d.Err("helseid: audience is required")
+	}
+	return h.checkResourceMetadata()
+}
+
+// unmarshalResourceMetadata reads resource_metadata [<resource>]: an
+// absolute URL, or a path on public_origin (default: public_origin itself).
+func (h *Handler) unmarshalResourceMetadata(d *caddyfile.Dispenser) error {
+	h.ResourceMetadata = &ResourceMetadata{}
+	h.resourceMetadataAt = d.Token()
+	if !d.NextArg() {
+		return nil
+	}
+	h.ResourceMetadata.Resource = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// checkResourceMetadata checks resource_metadata once the whole block is
+// read (public_origin may come after it); an error names its line.
+func (h *Handler) checkResourceMetadata() error {
+	if h.ResourceMetadata == nil || hasPlaceholder(h.ResourceMetadata.Resource) || hasPlaceholder(h.PublicOrigin) {
+		return nil
+	}
+	if _, err := resourceURL(h.ResourceMetadata, h.PublicOrigin); err != nil {
+		tok := h.resourceMetadataAt
+		return fmt.Errorf("%w, at %s:%d", err, tok.File, tok.Line)
 	}
 	return nil
 }
@@ -178,6 +208,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		return nil
 	case "membership":
 		return h.unmarshalMembership(d)
+	case "resource_metadata":
+		return h.unmarshalResourceMetadata(d)
 	default:
 		return d.Errf("unknown subdirective %q", name)
 	}

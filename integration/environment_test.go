@@ -65,3 +65,31 @@ func TestValidateEnvironmentPinning(t *testing.T) {
 		})
 	}
 }
+
+// Caddyfile.example declares helseid_environment from HELSEGATE_ENVIRONMENT
+// (default test): production with the default, test, issuer does not load,
+// production with the production issuer does.
+func TestCaddyfileExampleEnvironment(t *testing.T) {
+	run := func(env ...string) (string, error) {
+		cmd := exec.Command(binPath, "validate", "--config", "Caddyfile.example", "--adapter", "caddyfile")
+		cmd.Dir = ".."
+		cmd.Env = environ(append([]string{"REDIS_URL=none"}, env...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	content, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run("HELSEGATE_ENVIRONMENT=production")
+	want := "Caddyfile.example:" + strconv.Itoa(lineOf(string(content), "issuer {$HELSEID_ISSUER"))
+	if err == nil || !strings.Contains(out, "helseid_environment is production") || !strings.Contains(out, want) {
+		t.Errorf("production with the default (test) issuer: %v, want an error at %s:\n%s", err, want, out)
+	}
+	if out, err := run("HELSEGATE_ENVIRONMENT=production", "HELSEID_ISSUER=https://helseid-sts.nhn.no"); err != nil {
+		t.Errorf("production with the production issuer: %v\n%s", err, out)
+	}
+	if out, err := run("HELSEID_ISSUER=https://helseid-sts.nhn.no"); err == nil || !strings.Contains(out, "helseid_environment is test") {
+		t.Errorf("the default (test) environment with the production issuer: %v\n%s", err, out)
+	}
+}
