@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -8,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
@@ -147,5 +150,44 @@ func TestServeHTTPResourceMetadata(t *testing.T) {
 	_ = f.h.ServeHTTP(w, r, next)
 	if got := w.Header().Get("WWW-Authenticate"); w.Code != http.StatusUnauthorized || !strings.HasPrefix(got, `DPoP error="invalid_dpop_proof"`) || !strings.HasSuffix(got, ", "+wantParam) {
 		t.Errorf("bad proof: status %d, WWW-Authenticate %q", w.Code, got)
+	}
+}
+
+// helseid_environment from a runtime placeholder ({env.*}) is checked at
+// Provision, once resolved; so is a JSON config's "environment".
+func TestProvisionEnvironment(t *testing.T) {
+	t.Setenv("HELSEGATE_TEST_ENVIRONMENT", "production")
+	for _, tc := range []struct {
+		name, env, issuer string
+		fail              bool
+	}{
+		{"placeholder: production, test issuer", "{env.HELSEGATE_TEST_ENVIRONMENT}", "https://helseid-sts.test.nhn.no", true},
+		{"placeholder: production, production issuer", "{env.HELSEGATE_TEST_ENVIRONMENT}", "https://helseid-sts.nhn.no", false},
+		{"test, production issuer", "test", "https://helseid-sts.nhn.no", true},
+		{"unknown environment", "staging", "https://helseid-sts.nhn.no", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Handler{Issuer: tc.issuer, Audience: "nhn:kjernejournal", Environment: tc.env}
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			err := h.Provision(ctx)
+			_ = h.Cleanup()
+			if (err != nil) != tc.fail {
+				t.Fatalf("Provision: %v, want failure %v", err, tc.fail)
+			}
+		})
+	}
+}
+
+// A JSON config without public_origin or an absolute resource does not
+// provision: the resource identifier must not follow the Host header.
+func TestProvisionResourceMetadataNeedsOrigin(t *testing.T) {
+	h := &Handler{Issuer: "https://helseid-sts.nhn.no", Audience: "nhn:kjernejournal", ResourceMetadata: &ResourceMetadata{Resource: "/kj"}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := h.Provision(ctx)
+	_ = h.Cleanup()
+	if err == nil || !strings.Contains(err.Error(), "public_origin") {
+		t.Fatalf("Provision: %v, want an error naming public_origin", err)
 	}
 }
