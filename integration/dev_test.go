@@ -217,6 +217,18 @@ func TestDevAndCall(t *testing.T) {
 		})
 	}
 
+	t.Run("RFC 9728 metadata of the Kjernejournal route", func(t *testing.T) {
+		origin := "http://localhost:" + d.gwPort
+		doc := checkRFC9728(t, origin+"/.well-known/oauth-protected-resource/kjernejournal", origin+"/kjernejournal")
+		if strings.Join(doc.AuthorizationServers, " ") != d.issuer || doc.DPoPBoundAccessTokensRequired == nil || !*doc.DPoPBoundAccessTokensRequired {
+			t.Errorf("document %+v", doc)
+		}
+		r := send(t, "GET", d.base, nil)
+		if got := resourceMetadataParam(r.header.Get("WWW-Authenticate")); got != origin+"/.well-known/oauth-protected-resource/kjernejournal" {
+			t.Errorf("the 401 challenge names %q", got)
+		}
+	})
+
 	t.Run("listens on loopback only", func(t *testing.T) {
 		var servers map[string]struct {
 			Listen []string `json:"listen"`

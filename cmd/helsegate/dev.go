@@ -174,6 +174,7 @@ Try, in another terminal:
   bin/helsegate call %[1]s/kjernejournal/api/patient                 # allowed: 200, the echo shows X-Helseid-*
   bin/helsegate call --org 994598759 %[1]s/kjernejournal/api/patient # suspended member: 403
   bin/helsegate call --replay %[1]s/kjernejournal/api/patient        # same proof twice: 200, then 401
+  curl %[1]s/.well-known/oauth-protected-resource/kjernejournal     # the route's RFC 9728 metadata
   make demo                                                          # every scenario
   curl -X POST %[2]s/simulator/rotate                             # rotate HelseID's signing key
 Ctrl-C stops everything.
