@@ -74,6 +74,9 @@ type Config struct {
 	Attest       AttestMode
 	AttestMaxAge time.Duration // oldest acceptable toa; default DefaultAttestMaxAge
 	Purposes     []string      // accepted purpose_of_use codes; default DefaultPurposes
+	// Environment, when declared, pins Issuer and JWKSURL to HelseID's hosts
+	// of that environment (CheckEnvironment).
+	Environment Environment
 }
 
 // withDefaults returns a copy of c with every zero value replaced by its default.
@@ -122,6 +125,14 @@ func (c Config) Validate() error {
 	}
 	if c.JWKSURL != "" {
 		if err := CheckURL("jwks_url", c.JWKSURL); err != nil {
+			return err
+		}
+	}
+	if err := CheckEnvironment(c.Environment, "issuer", c.Issuer); err != nil {
+		return err
+	}
+	if c.JWKSURL != "" {
+		if err := CheckEnvironment(c.Environment, "jwks_url", c.JWKSURL); err != nil {
 			return err
 		}
 	}

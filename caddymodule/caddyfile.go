@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -16,10 +17,35 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("helseid", parseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("helseid", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterGlobalOption(environmentOption, parseEnvironmentOption)
+}
+
+// environmentOption is the global option that declares the HelseID
+// environment of every helseid handler in the Caddyfile:
+//
+//	{
+//		helseid_environment production|test
+//	}
+//
+// Declared, an issuer or jwks_url on a HelseID host of the other environment
+// is an error at its line. A global option, not a subdirective: one
+// declaration covers every route, and a route added later cannot forget it.
+const environmentOption = "helseid_environment"
+
+func parseEnvironmentOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	d.Next() // the option name
+	var env string
+	if err := oneOf(d, &env, string(authz.EnvProduction), string(authz.EnvTest)); err != nil {
+		return nil, err
+	}
+	return env, nil
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	var m Handler
+	if env, ok := h.Option(environmentOption).(string); ok {
+		m.Environment = env
+	}
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return &m, err
 }
@@ -50,6 +76,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		redis             none | <url> | redis [<url>] { addrs <host:port...>; master_name <name>; username <u>; password <p>; db <n>; tls; key_prefix <p> }
 //		on_store_error    local|deny
 //		forward_token     on|off
+//		resource_metadata [<resource>]
 //		membership <service> { … }   (see unmarshalMembership)
 //	}
 //
@@ -79,15 +106,43 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if h.Attest == "" && (seen["attest_max_age"] || seen["purposes"]) {
 		return d.Err("helseid: attest_max_age and purposes need attest required or optional")
 	}
+	return h.checkResourceMetadata()
+}
+
+// unmarshalResourceMetadata reads resource_metadata [<resource>]: an
+// absolute URL, or a path on public_origin (default: public_origin itself).
+func (h *Handler) unmarshalResourceMetadata(d *caddyfile.Dispenser) error {
+	h.ResourceMetadata = &ResourceMetadata{}
+	h.resourceMetadataAt = d.Token()
+	if !d.NextArg() {
+		return nil
+	}
+	h.ResourceMetadata.Resource = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// checkResourceMetadata checks resource_metadata once the whole block is
+// read (public_origin may come after it); an error names its line.
+func (h *Handler) checkResourceMetadata() error {
+	if h.ResourceMetadata == nil || hasPlaceholder(h.ResourceMetadata.Resource) || hasPlaceholder(h.PublicOrigin) {
+		return nil
+	}
+	if _, err := resourceURL(h.ResourceMetadata, h.PublicOrigin); err != nil {
+		tok := h.resourceMetadataAt
+		return fmt.Errorf("%w, at %s:%d", err, tok.File, tok.Line)
+	}
 	return nil
 }
 
 func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) error {
 	switch name {
 	case "issuer":
-		return oneURL(d, &h.Issuer)
+		return h.pinnedURL(d, &h.Issuer)
 	case "jwks_url":
-		return oneURL(d, &h.JWKSURL)
+		return h.pinnedURL(d, &h.JWKSURL)
 	case "audience":
 		return oneArg(d, &h.Audience)
 	case "single_audience":
@@ -175,6 +230,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		return nil
 	case "membership":
 		return h.unmarshalMembership(d)
+	case "resource_metadata":
+		return h.unmarshalResourceMetadata(d)
 	default:
 		return d.Errf("unknown subdirective %q", name)
 	}
@@ -243,6 +300,22 @@ func (h *Handler) unmarshalRedis(d *caddyfile.Dispenser) error {
 		if _, err := r.UniversalOptions(); err != nil {
 			return d.Err(err.Error())
 		}
+	}
+	return nil
+}
+
+// pinnedURL reads one URL with oneURL and checks it against the declared
+// environment (helseid_environment), so that the error names its line.
+func (h *Handler) pinnedURL(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if err := oneURL(d, dst); err != nil {
+		return err
+	}
+	if hasPlaceholder(*dst) || hasPlaceholder(h.Environment) {
+		return nil // checked at Provision, once resolved
+	}
+	if err := authz.CheckEnvironment(authz.Environment(h.Environment), name, *dst); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }

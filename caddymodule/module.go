@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -108,15 +109,29 @@ type Handler struct {
 	// Pass Authorization and DPoP upstream unchanged. Default: true.
 	ForwardToken *bool `json:"forward_token,omitempty"`
 
+	// RFC 9728 protected-resource metadata: the handler serves the route's
+	// document at its well-known URL and names it in 401 challenges. Absent:
+	// no document.
+	ResourceMetadata *ResourceMetadata `json:"resource_metadata,omitempty"`
+
+	// The HelseID environment, "production" or "test"; the Caddyfile's global
+	// option helseid_environment sets it on every handler. Declared, an issuer
+	// or jwks_url on a HelseID host of the other environment is a config
+	// error. Default: none declared, nothing checked.
+	Environment string `json:"environment,omitempty"`
+
 	verifier   *authz.Verifier
 	membership *authz.MembershipCheck // nil without a membership block
 	logger     *zap.Logger
 	audit      *zap.Logger
 	challenge  challenges
-	poolKeys   []string
-	forward    bool
-	depLog     *logEvery // dead-dependency lines: at most one per 10 s
-	metrics    *helseidMetrics
+	metadata   *resourceMetadata // nil without resource_metadata
+
+	resourceMetadataAt caddyfile.Token // where the Caddyfile said resource_metadata, for its errors
+	poolKeys           []string
+	forward            bool
+	depLog             *logEvery // dead-dependency lines: at most one per 10 s
+	metrics            *helseidMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -174,7 +189,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("helseid: %w", err)
 	}
 	h.forward = h.ForwardToken == nil || *h.ForwardToken
-	h.challenge = newChallenges(h.verifier.Config())
+	if h.ResourceMetadata != nil {
+		if h.metadata, err = newResourceMetadata(h.ResourceMetadata, h.verifier.Config(), h.readsAttest()); err != nil {
+			return fmt.Errorf("helseid: %w", err)
+		}
+	}
+	h.challenge = newChallenges(h.verifier.Config(), h.metadata)
 	return nil
 }
 
@@ -207,8 +227,11 @@ func (h *Handler) resolvePlaceholders() error {
 	resolve := func(s *string) {
 		*s = repl.ReplaceKnown(*s, "")
 	}
-	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError, &h.Attest} {
+	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError, &h.Attest, &h.Environment} {
 		resolve(s)
+	}
+	if h.ResourceMetadata != nil {
+		resolve(&h.ResourceMetadata.Resource)
 	}
 	for _, list := range [][]string{h.Scopes, h.TokenTypes, h.Algorithms, h.DPoPAlgorithms, h.Purposes} {
 		for i := range list {
@@ -262,6 +285,7 @@ func (h *Handler) authzConfig() (authz.Config, error) {
 		TokenKind:        authz.TokenKind(h.TokenKind),
 		MinSecurityLevel: h.MinSecurityLevel,
 		RequireHPR:       h.RequireHPR,
+		Environment:      authz.Environment(h.Environment),
 		Attest:           authz.AttestMode(h.Attest),
 		AttestMaxAge:     time.Duration(h.AttestMaxAge),
 		Purposes:         h.Purposes,
@@ -281,14 +305,17 @@ func (h *Handler) authzConfig() (authz.Config, error) {
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	start := time.Now()
+	var origCopy http.Request
+	orig := originalRequest(r, &origCopy)
+	if h.metadata != nil && h.metadata.answers(orig) {
+		return h.metadata.serve(w, r)
+	}
 	// Inbound copies of the identity headers never reach the upstream (SPEC §6).
 	stripIdentityHeaders(r.Header)
 
 	// The context is the current request's: with Caddy's tracing on it
 	// carries the request span (Caddy's original-request copy predates it).
 	ctx := r.Context()
-	var origCopy http.Request
-	orig := originalRequest(r, &origCopy)
 	p, derr := h.verifier.Verify(ctx, h.authzRequest(r, orig))
 	if derr == nil && h.membership != nil {
 		derr = h.membership.Check(ctx, p)

@@ -18,13 +18,17 @@ type challenges struct {
 	algs     string // algs="…" of RFC 9449 §7.1
 	bearer   bool   // dpop optional: Bearer is offered too
 	scope    string // `, scope="…"` for insufficient_scope; "" without scopes
+	metadata string // `, resource_metadata="…"` of RFC 9728 §5.1 for 401s; "" without
 	useNonce bool
 }
 
-func newChallenges(cfg authz.Config) challenges {
+func newChallenges(cfg authz.Config, md *resourceMetadata) challenges {
 	c := challenges{
 		algs:   `algs="` + strings.Join(cfg.DPoPAlgorithms, " ") + `"`,
 		bearer: cfg.DPoP == authz.DPoPOptional,
+	}
+	if md != nil {
+		c.metadata = md.param
 	}
 	// RFC 6749 §3.3: a scope is one or more tokens; with none configured
 	// there is no scope attribute.
@@ -81,16 +85,20 @@ func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
 	desc := `error_description="` + derr.Description + `"`
 	switch derr.Kind {
 	case authz.NoCredentials:
-		hdr.Set("WWW-Authenticate", "DPoP "+c.algs)
+		hdr.Set("WWW-Authenticate", "DPoP "+c.algs+c.metadata)
 		if c.bearer {
-			hdr.Add("WWW-Authenticate", "Bearer")
+			if c.metadata != "" {
+				hdr.Add("WWW-Authenticate", "Bearer "+c.metadata[2:])
+			} else {
+				hdr.Add("WWW-Authenticate", "Bearer")
+			}
 		}
 	case authz.InvalidRequest:
 		hdr.Set("WWW-Authenticate", `DPoP error="invalid_request"`)
 	case authz.InvalidToken, authz.InvalidProof:
-		hdr.Set("WWW-Authenticate", `DPoP error="`+code+`", `+desc+", "+c.algs)
+		hdr.Set("WWW-Authenticate", `DPoP error="`+code+`", `+desc+", "+c.algs+c.metadata)
 	case authz.UseNonce:
-		hdr.Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", `+desc)
+		hdr.Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", `+desc+c.metadata)
 		hdr.Set("DPoP-Nonce", h.verifier.NewNonce())
 	case authz.InsufficientScope:
 		if authz.IsAttestReason(derr.Reason) {

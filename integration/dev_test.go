@@ -217,6 +217,27 @@ func TestDevAndCall(t *testing.T) {
 		})
 	}
 
+	t.Run("RFC 9728 metadata of the Kjernejournal route", func(t *testing.T) {
+		origin := "http://localhost:" + d.gwPort
+		doc := checkRFC9728(t, origin+"/.well-known/oauth-protected-resource/kjernejournal", origin+"/kjernejournal")
+		if strings.Join(doc.AuthorizationServers, " ") != d.issuer || doc.DPoPBoundAccessTokensRequired == nil || !*doc.DPoPBoundAccessTokensRequired {
+			t.Errorf("document %+v", doc)
+		}
+		r := send(t, "GET", d.base, nil)
+		if got := resourceMetadataParam(r.header.Get("WWW-Authenticate")); got != origin+"/.well-known/oauth-protected-resource/kjernejournal" {
+			t.Errorf("the 401 challenge names %q", got)
+		}
+	})
+
+	t.Run("RFC 9728 metadata of the attest route", func(t *testing.T) {
+		origin := "http://localhost:" + d.gwPort
+		doc := checkRFC9728(t, origin+"/.well-known/oauth-protected-resource/pjd", origin+"/pjd")
+		if strings.Join(doc.AuthorizationDetailsTypesSupported, " ") != "nhn:tillitsrammeverk:parameters" ||
+			strings.Join(doc.ScopesSupported, " ") != "nhn:kjernejournal/api nhn:kjernejournal/tillitsrammeverk" {
+			t.Errorf("document %+v", doc)
+		}
+	})
+
 	t.Run("listens on loopback only", func(t *testing.T) {
 		var servers map[string]struct {
 			Listen []string `json:"listen"`
@@ -316,7 +337,7 @@ func TestDevAndCall(t *testing.T) {
 		for sc.Scan() {
 			lines = append(lines, sc.Text())
 		}
-		if len(lines) < 2 || lines[len(lines)-1] != "every scenario answered as SPEC §4 says" {
+		if len(lines) < 2 || lines[len(lines)-1] != "every scenario answered as expected" {
 			t.Fatalf("scripts/demo did not end with its summary:\n%s", out)
 		}
 		for _, line := range lines[:len(lines)-1] {
@@ -324,8 +345,8 @@ func TestDevAndCall(t *testing.T) {
 				t.Errorf("scripts/demo: %q does not say ok", line)
 			}
 		}
-		if n := len(lines) - 1; n != 8 {
-			t.Errorf("scripts/demo ran %d scenarios, want 8:\n%s", n, out)
+		if n := len(lines) - 1; n != 13 {
+			t.Errorf("scripts/demo ran %d scenarios, want 13:\n%s", n, out)
 		}
 	})
 }

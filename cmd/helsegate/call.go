@@ -13,6 +13,7 @@ import (
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/helsegate/helsegate/integration/dpopclient"
 	"github.com/helsegate/helsegate/integration/helseidsim"
@@ -21,7 +22,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "call",
-		Usage: "[--org <orgnr>] [--child <orgnr>] [--scope <scope>] [--user] [--method GET] [--replay] [--bearer] [--key <file>] [--token <jwt> --key <file>] <url> | --new-key <file> [--alg ES256]",
+		Usage: "[--org <orgnr>] [--child <orgnr>] [--scope <scope>] [--user] [--attest object|string] [--purpose <code>] [--legal-entity <orgnr>] [--point-of-care <orgnr>] [--decision-ref <id>] [--attest-age <duration>] [--method GET] [--replay] [--bearer] [--key <file>] [--token <jwt> --key <file>] <url> | --new-key <file> [--alg ES256]",
 		Short: "Sends one DPoP-protected request, as a HelseID client would",
 		Long: `
 call is a DPoP client for people and scripts. It gets an access token for the
@@ -34,6 +35,13 @@ the body.
 --new-key <file> writes a fresh private JWK for --alg to <file> (mode 0600,
 never overwriting) and prints its RFC 7638 thumbprint, the cnf.jkt of tokens
 bound to it; use it with --key. Keep the file secret.
+
+--attest asks the simulator for a user token with the trust-framework
+attest (nhn:tillitsrammeverk:parameters) as a JSON object or a JSON string;
+--purpose, --legal-entity (default --org), --point-of-care (default --child),
+--decision-ref, --attest-age (toa that long ago), --no-toa, --attest-wrapped
+(data model v1.1's attestation wrapper) and --attest-pid (another person's
+identifier) shape it, and each implies --attest object and --user.
 
 --replay sends the same proof twice (the second must be refused);
 --bearer sends the DPoP-bound token with the Bearer scheme and no proof (the
@@ -77,6 +85,68 @@ func callFlags(cmd *cobra.Command) {
 	f.String("key", "", "file with the private JWK to sign proofs with: the one --token is bound to, or the one the simulator's token is bound to")
 	f.String("new-key", "", "write a fresh private JWK for --alg to this file and exit")
 	f.Bool("quiet", false, "print only the status line of each response")
+
+	f.String("attest", "", "put the trust-framework attest in the token: object or string (implies --user)")
+	f.Bool("attest-wrapped", false, "the attest inside data model v1.1's attestation object")
+	f.String("purpose", "", "the attest's purpose_of_use code (simulator default TREAT)")
+	f.String("legal-entity", "", "the attest's legal_entity (default --org)")
+	f.String("point-of-care", "", "the attest's point_of_care (default --child)")
+	f.String("decision-ref", "", "the attest's decision_ref id")
+	f.Duration("attest-age", 0, "the attest's age: toa that long ago")
+	f.Bool("no-toa", false, "an attest without toa")
+	f.String("attest-pid", "", "the attest's practitioner identifier (default the token's pid; another one is another person's attest)")
+}
+
+// attestFlags are the flags that shape the attest; any of them asks for one.
+var attestFlags = []string{"attest", "attest-wrapped", "purpose", "legal-entity", "point-of-care", "decision-ref", "attest-age", "no-toa", "attest-pid"}
+
+// attestForm adds the simulator's attest fields for the attest flags to
+// form, and reports whether the token carries an attest.
+func attestForm(f *pflag.FlagSet, form url.Values) (bool, error) {
+	asked := false
+	for _, n := range attestFlags {
+		asked = asked || f.Changed(n)
+	}
+	if !asked {
+		return false, nil
+	}
+	str := func(n string) string { v, _ := f.GetString(n); return v }
+	enc := str("attest")
+	switch enc {
+	case "":
+		enc = "object"
+	case "object", "string":
+	default:
+		return false, fmt.Errorf("call: --attest must be object or string, not %q", enc)
+	}
+	form.Set(helseidsim.FormAttest, enc)
+	if v, _ := f.GetBool("attest-wrapped"); v {
+		form.Set(helseidsim.FormAttestWrapped, "true")
+	}
+	noTOA, _ := f.GetBool("no-toa")
+	age, _ := f.GetDuration("attest-age")
+	switch {
+	case noTOA && f.Changed("attest-age"):
+		return false, errors.New("call: --no-toa and --attest-age exclude each other")
+	case noTOA:
+		form.Set(helseidsim.FormAttestTOA, "omit")
+	case age < 0:
+		return false, errors.New("call: --attest-age must not be negative")
+	case age > 0:
+		form.Set(helseidsim.FormAttestAge, age.String())
+	}
+	for flag, field := range map[string]string{
+		"purpose":       helseidsim.FormPurposeOfUse,
+		"decision-ref":  helseidsim.FormDecisionRef,
+		"attest-pid":    helseidsim.FormAttestPID,
+		"legal-entity":  helseidsim.FormLegalEntity,
+		"point-of-care": helseidsim.FormPointOfCare,
+	} {
+		if f.Changed(flag) {
+			form.Set(field, str(flag))
+		}
+	}
+	return true, nil
 }
 
 func runCall(cmd *cobra.Command, args []string) (int, error) {
@@ -105,7 +175,7 @@ func runCall(cmd *cobra.Command, args []string) (int, error) {
 	if err != nil || u.Host == "" {
 		return 1, fmt.Errorf("call: %q is not an absolute URL", target)
 	}
-	key, token, err := credentials(ctx, str, flag)
+	key, token, err := credentials(ctx, f, str, flag)
 	if err != nil {
 		return 1, err
 	}
@@ -180,7 +250,7 @@ func exitCode(first outcome, replay *outcome) int {
 
 // credentials returns the proof key and the access token: from --token and
 // --key, or a token from the simulator bound to --key or to a fresh key.
-func credentials(ctx context.Context, str func(string) string, flag func(string) bool) (*dpopclient.Key, string, error) {
+func credentials(ctx context.Context, f *pflag.FlagSet, str func(string) string, flag func(string) bool) (*dpopclient.Key, string, error) {
 	var key *dpopclient.Key
 	if p := str("key"); p != "" {
 		data, err := os.ReadFile(p)
@@ -192,6 +262,11 @@ func credentials(ctx context.Context, str func(string) string, flag func(string)
 		}
 	}
 	if tok := str("token"); tok != "" {
+		for _, n := range attestFlags {
+			if f.Changed(n) {
+				return nil, "", fmt.Errorf("call: --%s shapes the simulator's token; --token brings its own", n)
+			}
+		}
 		if key == nil {
 			return nil, "", errors.New("call: --token needs --key, the private JWK the token is bound to")
 		}
@@ -212,7 +287,11 @@ func credentials(ctx context.Context, str func(string) string, flag func(string)
 	if c := str("child"); c != "" {
 		form.Set(helseidsim.FormOrgChild, c)
 	}
-	if flag("user") {
+	attest, err := attestForm(f, form)
+	if err != nil {
+		return nil, "", err
+	}
+	if flag("user") || attest {
 		form.Set(helseidsim.FormUser, "true")
 		form.Set(helseidsim.FormHPRNumber, "431001110")
 	}

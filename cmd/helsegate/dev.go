@@ -57,7 +57,7 @@ It prints what to run next, and stops on Ctrl-C.`,
 			f.Int("registry-port", 8082, "registry simulator port")
 			f.Int("upstream-port", 9080, "stand-in upstream port")
 			f.String("admin", "localhost:2019", "Caddy admin endpoint")
-			f.String("members", "", "registry members file (SPEC §5 format); default: a built-in set")
+			f.String("members", "", "registry members file (the file source's format); default: a built-in set")
 			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return runDev(cmd) }
 		},
 	})
@@ -174,6 +174,9 @@ Try, in another terminal:
   bin/helsegate call %[1]s/kjernejournal/api/patient                 # allowed: 200, the echo shows X-Helseid-*
   bin/helsegate call --org 994598759 %[1]s/kjernejournal/api/patient # suspended member: 403
   bin/helsegate call --replay %[1]s/kjernejournal/api/patient        # same proof twice: 200, then 401
+  bin/helsegate call --scope "nhn:kjernejournal/api nhn:kjernejournal/tillitsrammeverk" --attest string --purpose TREAT %[1]s/pjd/api/documents
+                                                                     # a health worker with the trust-framework attest: 200
+  curl %[1]s/.well-known/oauth-protected-resource/kjernejournal     # the route's RFC 9728 metadata
   make demo                                                          # every scenario
   curl -X POST %[2]s/simulator/rotate                             # rotate HelseID's signing key
 Ctrl-C stops everything.

@@ -15,8 +15,11 @@
 // names (helseid://claims/...), scope as a JSON array, client_tenancy on
 // every token from the token endpoint, user tokens with an opaque sub, pid,
 // security_level as a string and the matching assurance_level and, for
-// DPoP-bound tokens, cnf.jkt. Mint produces arbitrary, including
-// deliberately broken, tokens for negative tests.
+// DPoP-bound tokens, cnf.jkt. On request (TokenSpec.Attest, or the token
+// endpoint's attest fields) a token carries the trust-framework attest,
+// nhn:tillitsrammeverk:parameters, as an object or a JSON string, with or
+// without data model v1.1's attestation wrapper and toa. Mint produces
+// arbitrary, including deliberately broken, tokens for negative tests.
 //
 // There is no client authentication: anyone who can reach the loopback
 // port gets a token for whatever org numbers they ask for. Never expose it.

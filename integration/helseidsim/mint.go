@@ -69,6 +69,9 @@ type TokenSpec struct {
 	// *ecdsa.PrivateKey, []byte for HS*, or a jwk.Key.
 	SignWith any
 
+	// Attest, when not nil, is the trust-framework attest (ClaimAttest).
+	Attest *Attest
+
 	// Extra is merged into the claims last; a nil value deletes the claim.
 	Extra map[string]any
 	// Header is merged into the protected header last; a nil value deletes
@@ -83,7 +86,10 @@ func (s *Server) Mint(spec TokenSpec) (string, error) {
 	cur := s.current
 	s.mu.Unlock()
 
-	claims := s.claims(spec)
+	claims, err := s.claims(spec)
+	if err != nil {
+		return "", err
+	}
 	payload, err := json.Marshal(claims)
 	if err != nil {
 		return "", fmt.Errorf("helseidsim: marshal claims: %w", err)
@@ -136,7 +142,7 @@ func (s *Server) Mint(spec TokenSpec) (string, error) {
 	return string(tok), nil
 }
 
-func (s *Server) claims(spec TokenSpec) map[string]any {
+func (s *Server) claims(spec TokenSpec) (map[string]any, error) {
 	iat := spec.IssuedAt
 	if iat.IsZero() {
 		iat = s.now()
@@ -204,6 +210,13 @@ func (s *Server) claims(spec TokenSpec) map[string]any {
 			c[name] = v
 		}
 	}
+	if spec.Attest != nil {
+		v, err := spec.Attest.claim(spec.PID)
+		if err != nil {
+			return nil, err
+		}
+		c[ClaimAttest] = v
+	}
 	for name, v := range spec.Extra {
 		if v == nil {
 			delete(c, name)
@@ -211,7 +224,7 @@ func (s *Server) claims(spec TokenSpec) map[string]any {
 			c[name] = v
 		}
 	}
-	return c
+	return c, nil
 }
 
 // randomJTI returns 128 random bits, base64url without padding.

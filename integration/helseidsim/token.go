@@ -95,6 +95,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		spec.HPRNumber = f.Get(FormHPRNumber)
 		spec.Subject = orDefault(f.Get(FormSubject), s.pseudonym(orDefault(spec.ClientID, DefaultClientID), spec.PID))
 	}
+	if spec.Attest, err = attestFromForm(f, s.now()); err != nil {
+		tokenError(w, "invalid_request", err.Error())
+		return
+	}
 	scopes := spec.Scopes
 	if scopes == nil {
 		scopes = []string{DefaultScope}
