@@ -149,7 +149,5 @@ func (m *resourceMetadata) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // readsAttest reports whether the route reads the trust-framework attest;
-// its metadata then names the attest's authorization_details type. No route
-// reads it until the attest subdirective exists; with it, this is
-// h.Attest != "".
+// its metadata then names the attest's authorization_details type.
 func (h *Handler) readsAttest() bool { return h.Attest != "" }
