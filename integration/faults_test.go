@@ -32,7 +32,7 @@ import (
 // faultSkew is the routes' dpop_future_skew. After Redis lost records a proof
 // issued before the loss plus this skew is refused; a short skew keeps the
 // tests short (the default, 5 s, is what the docs measure with).
-const faultSkew = "1s"
+const faultSkew = "500ms"
 
 // faultRig is two gateways sharing a Redis topology.
 type faultRig struct {
@@ -286,7 +286,7 @@ func summarize(t *testing.T, attempts []attempt) {
 
 // recoveryBound is how soon after Redis answers again (a restart done, a
 // replica promoted) each gateway must accept fresh proofs on the deny route:
-// the breaker's probe (500 ms), the loss floor (the skew, 1 s here) and a
+// the breaker's probe (500 ms), the loss floor (the skew, 500 ms here) and a
 // proof's whole-second iat.
 const recoveryBound = 3 * time.Second
 
