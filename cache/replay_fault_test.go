@@ -278,3 +278,43 @@ func TestRedisReplayRefusesEvictingRedis(t *testing.T) {
 		t.Fatalf("FirstUse on an evicting Redis = %v, %v; want errEvicting", fresh, err)
 	}
 }
+
+// timeoutOnceHook lets the next pipeline carrying a SET reach the server,
+// then reports it as timed out: the reply was lost on its way back.
+type timeoutOnceHook struct{ armed atomic.Bool }
+
+func (h *timeoutOnceHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *timeoutOnceHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *timeoutOnceHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if cmds[0].Name() == "set" && h.armed.CompareAndSwap(true, false) {
+			for _, c := range cmds {
+				c.SetErr(context.DeadlineExceeded)
+			}
+			return context.DeadlineExceeded
+		}
+		return err
+	}
+}
+
+// TestRedisReplayTimeoutRetried: a SET whose reply timed out after the
+// server executed it is sent once more and finds its own value: the proof
+// is fresh, not refused, and not a replay.
+func TestRedisReplayTimeoutRetried(t *testing.T) {
+	c := testRedis(t)
+	hook := &timeoutOnceHook{}
+	c.AddHook(hook)
+	s := NewRedisReplay(c, RedisReplayOptions{Prefix: testPrefix(t, c)})
+	warm(t, s)
+	hook.armed.Store(true)
+	if fresh, err := s.FirstUse(t.Context(), "jkt:slow", time.Now(), ttl); !fresh || err != nil {
+		t.Fatalf("a proof whose first reply timed out: FirstUse = %v, %v; want fresh", fresh, err)
+	}
+	if hook.armed.Load() {
+		t.Fatal("the hook never saw the SET")
+	}
+	if fresh, err := s.FirstUse(t.Context(), "jkt:slow", time.Now(), ttl); fresh || err != nil {
+		t.Fatalf("the same proof again: FirstUse = %v, %v; want a replay", fresh, err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -200,13 +201,29 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 	}
 	ms := int64((ttl + time.Millisecond - 1) / time.Millisecond)
 	val := r.valuePrefix + strconv.FormatUint(r.seq.Add(1), 36)
-	call := &replayCall{
-		cmd:  redis.NewStringCmd(ctx, "set", full, val, "px", ms, "nx", "get"),
-		val:  val,
-		turn: make(chan bool, 1),
-	}
-	if err := sh.run(ctx, call); err != nil {
-		return false, r.failure(ctx, sh, err)
+	var call *replayCall
+	for attempt := 0; ; attempt++ {
+		call = &replayCall{
+			cmd:  redis.NewStringCmd(ctx, "set", full, val, "px", ms, "nx", "get"),
+			val:  val,
+			turn: make(chan bool, 1),
+		}
+		err := sh.run(ctx, call)
+		if err == nil {
+			if err = call.cmd.Err(); errors.Is(err, redis.Nil) {
+				err = nil
+			}
+		}
+		if err == nil {
+			break
+		}
+		// A call that timed out is sent once more, with the same value: if
+		// the first attempt reached the server, the second finds its own
+		// value and the proof is still fresh. A slow moment of Redis (or of
+		// this machine) then costs a second round trip instead of a refusal.
+		if attempt > 0 || ctx.Err() != nil || !isTimeout(err) {
+			return false, r.failure(ctx, sh, err)
+		}
 	}
 	prev, err := call.cmd.Result()
 	switch {
@@ -266,6 +283,16 @@ func (r *RedisReplay) failure(ctx context.Context, sh *redisShard, err error) er
 		r.reloadSlots()
 	}
 	return &StoreFailure{Floor: since.Add(time.Duration(r.skew.Load())), Err: err}
+}
+
+// isTimeout reports whether err is a call that ran out of time (this
+// store's per-call timeout or a network timeout), as opposed to a refusal.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // reloadSlots asks a ClusterClient to reload its slot map, at most every
