@@ -29,6 +29,7 @@ func DenialReasons() []ReasonInfo {
 	return []ReasonInfo{
 		// 1. Framing.
 		{"token_in_query", InvalidRequest, "an access_token in the query string"},
+		{"path_ambiguous", InvalidRequest, "the path has a dot segment (plain or percent-encoded), an encoded slash or backslash, a backslash or an empty segment"},
 		{"no_credentials", NoCredentials, "no Authorization header"},
 		{"multiple_authorization", InvalidRequest, "more than one Authorization header"},
 		{"malformed_authorization", InvalidRequest, "the Authorization header is not `<scheme> <token68>`"},
@@ -77,7 +78,11 @@ func DenialReasons() []ReasonInfo {
 		{"token_kind", InsufficientScope, "a machine token where token_kind user is required, or the reverse"},
 		{"security_level", InsufficientScope, "the user's security level is below min_security_level"},
 		{"hpr_missing", InsufficientScope, "require_hpr and the user token has no HPR number"},
-		// 5. Membership.
+		// 5. The body, once the caller is known.
+		{"token_in_body", InvalidRequest, "a form-encoded body carrying an access_token"},
+		{"form_body_too_large", InvalidRequest, "a form-encoded body larger than 1 MiB, which cannot be checked for an access_token"},
+		{"form_body_unreadable", InvalidRequest, "a form-encoded body that could not be read to its end"},
+		// 6. Membership.
 		{ReasonNoOrg, NotMember, "the token names no organization number the org rule needs"},
 		{ReasonInvalidOrg, NotMember, "the token's organization number fails the mod-11 check"},
 		{ReasonNotMember, NotMember, "the registry does not authorize the organization for the service"},

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 
@@ -21,6 +22,83 @@ func stripIdentityHeaders(hdr http.Header) {
 			delete(hdr, name)
 		}
 	}
+}
+
+// stripIdentityConnection removes from the Connection header every name
+// with the identity prefix. reverse_proxy removes the headers Connection
+// names as hop-by-hop (RFC 9110 §7.6.1) after this handler set them, so a
+// client could otherwise take verified identity away from the upstream (an
+// org child or an HPR number missing reads as a different caller). The
+// other names, keep-alive and close among them, stay.
+func stripIdentityConnection(hdr http.Header) {
+	vals := hdr["Connection"]
+	for i, v := range vals {
+		if !connectionNamesIdentity(v) {
+			continue
+		}
+		var keep []string
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" && !hasIdentityPrefix(name) {
+				keep = append(keep, name)
+			}
+		}
+		vals[i] = strings.Join(keep, ", ")
+	}
+	if len(vals) > 0 {
+		out := vals[:0]
+		for _, v := range vals {
+			if v != "" {
+				out = append(out, v)
+			}
+		}
+		if len(out) == 0 {
+			delete(hdr, "Connection")
+		} else {
+			hdr["Connection"] = out
+		}
+	}
+}
+
+// connectionNamesIdentity reports whether a Connection value names a header
+// with the identity prefix.
+func connectionNamesIdentity(v string) bool {
+	for v != "" {
+		var name string
+		name, v, _ = strings.Cut(v, ",")
+		if hasIdentityPrefix(strings.TrimSpace(name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// guardTrailers keeps identity headers out of the request's trailers, which
+// net/http fills in when the body reaches its end (declared in a Trailer
+// header or not, when any is declared) and reverse_proxy sends on after the
+// body: the names are removed now and again once the body has been read.
+func guardTrailers(r *http.Request) {
+	if r.Trailer != nil {
+		stripIdentityHeaders(r.Trailer)
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	r.Body = &trailerGuard{ReadCloser: r.Body, r: r}
+}
+
+// trailerGuard strips identity headers from r.Trailer when the body ends,
+// before reverse_proxy copies the trailers for the upstream in the same Read.
+type trailerGuard struct {
+	io.ReadCloser
+	r *http.Request
+}
+
+func (g *trailerGuard) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if err == io.EOF && g.r.Trailer != nil {
+		stripIdentityHeaders(g.r.Trailer)
+	}
+	return n, err
 }
 
 // identityPrefix is the prefix of the identity headers, lower case.

@@ -5,10 +5,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -37,7 +38,10 @@ func init() {
 // never the pid), {http.auth.user.client_id}, {http.auth.user.org_parent},
 // {http.auth.user.org_child}, {http.auth.user.org_supplier},
 // {http.auth.user.token_kind}, {http.auth.user.security_level},
-// {http.auth.user.hpr_number} and {http.auth.user.jkt}.
+// {http.auth.user.hpr_number} and {http.auth.user.jkt}. Set on a denial,
+// for the error routes: {http.helseid.error} (the problem body's error code)
+// and {http.helseid.reason} (the audit entry's reason code); neither ever
+// holds a claim value.
 type Handler struct {
 	// The issuer, exactly as the iss claim carries it. Discovery is read from
 	// <issuer>/.well-known/openid-configuration. Required; https unless loopback.
@@ -268,6 +272,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var origCopy http.Request
 	orig := originalRequest(r, &origCopy)
 	p, derr := h.verifier.Verify(ctx, h.authzRequest(r, orig))
+	if derr == nil {
+		derr = checkFormBody(r, p)
+	}
 	if derr == nil && h.membership != nil {
 		derr = h.membership.Check(ctx, p)
 	}
@@ -279,6 +286,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.metrics.decided(outcomeAllow, h.allowReason(), time.Since(start))
 	h.auditAllow(ctx, orig, p)
 	h.setIdentity(r, p)
+	// What the handler set must reach the upstream as set: a Connection
+	// header naming identity headers would make reverse_proxy drop them as
+	// hop-by-hop, and request trailers would add copies after the body.
+	stripIdentityConnection(r.Header)
+	guardTrailers(r)
 	if p.NonceRefresh != "" {
 		w.Header().Set("DPoP-Nonce", p.NonceRefresh)
 	}
@@ -319,15 +331,42 @@ func (h *Handler) authzRequest(r, orig *http.Request) authz.Request {
 	}
 }
 
-// tokenInQuery reports whether the query carries access_token (RFC 6750 §2.3),
-// which this gateway never accepts.
+// tokenInQuery reports whether the query carries access_token (RFC 6750 §2.3)
+// in any spelling that decodes to it, which this gateway never accepts.
 func tokenInQuery(raw string) bool {
-	if !strings.Contains(raw, "access_token") {
-		return false
-	}
-	q, err := url.ParseQuery(raw)
-	return err != nil || q.Has("access_token")
+	return raw != "" && authz.HasAccessTokenParam(raw)
 }
+
+// checkFormBody refuses a form-encoded body that carries an access_token
+// (RFC 6750 §2.2), read once the caller is known, and puts what it read back
+// as the body. Other media types are never read.
+func checkFormBody(r *http.Request, p *authz.Principal) *authz.Error {
+	if r.Body == nil || r.Body == http.NoBody || !isFormEncoded(r.Header.Get("Content-Type")) {
+		return nil
+	}
+	buf, derr := authz.CheckFormBody(r.Body)
+	if derr != nil {
+		derr.Caller = p
+		return derr
+	}
+	r.Body = readCloser{bytes.NewReader(buf), r.Body}
+	return nil
+}
+
+// isFormEncoded reports whether a Content-Type is
+// application/x-www-form-urlencoded, in any case, with any parameters.
+func isFormEncoded(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/x-www-form-urlencoded")
+}
+
+// readCloser reads from r and closes c.
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (rc readCloser) Close() error { return rc.c.Close() }
 
 // Interface guards
 var (
