@@ -2,18 +2,23 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/integration/dpopclient"
 	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/integration/registrysim"
 )
 
 // Request integrity: the upstream gets the resource the proof covered and
@@ -342,5 +347,174 @@ func TestErrorRoutePlaceholders(t *testing.T) {
 	r = send(t, "GET", u+"?access%5Ftoken="+url.QueryEscape(tok), nil)
 	if r.status != 400 || r.body != "400 error=invalid_request reason=token_in_query" {
 		t.Errorf("token in the query: %s", r)
+	}
+}
+
+// exampleGW is `helsegate run` on Caddyfile.example unchanged, its
+// environment pointing at the shared simulator, a registry simulator
+// authorizing orgParent for kjernejournal and a recorder. Its access log
+// (stdout) and default log (stderr) are kept apart.
+type exampleGW struct {
+	addr           string
+	rec            *recorder
+	stdout, stderr *devOutput
+}
+
+func startExample(t *testing.T, env ...string) *exampleGW {
+	t.Helper()
+	rec, upURL := newRecorder(t)
+	token := "it-registry-" + randHex(8)
+	reg := startRegistry(t, registrysim.Options{Token: token, Members: []authz.Authorization{active(orgParent)}})
+	example, err := filepath.Abs("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &exampleGW{addr: mustFreePort(), rec: rec, stdout: &devOutput{}, stderr: &devOutput{}}
+	admin := mustFreePort()
+	dir := t.TempDir()
+	cmd := exec.Command(binPath, "run", "--config", example, "--adapter", "caddyfile")
+	cmd.Dir = dir
+	cmd.Env = environ(append([]string{
+		"HOME=" + dir, "XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir,
+		"HELSEGATE_SITE=http://" + e.addr, "HELSEGATE_PUBLIC_ORIGIN=http://" + e.addr,
+		"HELSEGATE_ADMIN=" + admin, "HELSEGATE_BIND=127.0.0.1",
+		"HELSEID_ISSUER=" + sharedSim.Issuer(), "KJ_UPSTREAM=" + upURL,
+		"MEMBERSHIP_REGISTRY=" + reg.URL(), "MEMBERSHIP_TOKEN=" + token, "REDIS_URL=none",
+	}, env...)...)
+	cmd.Stdout, cmd.Stderr = e.stdout, e.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("stdout:\n%s\nstderr:\n%s", e.stdout, e.stderr)
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + e.addr + "/kjernejournal/api/patient")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway on Caddyfile.example did not come up: %v\n%s", err, e.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// At DEBUG, on Caddyfile.example's log config: no log stream (the access
+// log on stdout, Caddy's default log with the audit entries on stderr)
+// carries a token in any spelling, a proof, the pid, or the HPR number
+// outside the audit entries, whatever the request.
+func TestExampleLogsHoldNoSecrets(t *testing.T) {
+	const (
+		pid = "17056600574"
+		hpr = "431001110"
+	)
+	e := startExample(t, "HELSEGATE_LOG_LEVEL=DEBUG")
+	c := newCaller(t, sharedSim)
+	base := "http://" + e.addr + "/kjernejournal/api/patient"
+	var secrets []string
+	user := func() string {
+		tok := c.token(t, helseidsim.TokenSpec{OrgChild: orgChild, PID: pid, SecurityLevel: "4", HPRNumber: hpr})
+		secrets = append(secrets, tok, strings.Split(tok, ".")[1], strings.Split(tok, ".")[2])
+		return tok
+	}
+	proof := func(method, htu, tok string) string {
+		p := c.proof(t, method, htu, tok, dpopclient.ProofOptions{})
+		secrets = append(secrets, p, strings.Split(p, ".")[2])
+		return p
+	}
+	tok := user()
+	expectOK(t, send(t, "GET", base+"?x=1", dpopHeaders(tok, proof("GET", base, tok))))
+	tok = user()
+	if r := send(t, "GET", base, dpopHeaders(tok, proof("GET", base+"/other", tok))); r.status != 401 {
+		t.Fatalf("bad htu: %s", r)
+	}
+	for _, q := range []string{"access_token=", "access%5Ftoken=", "%61ccess_token=", "a=1;access_token="} {
+		tok = user()
+		if r := send(t, "GET", base+"?"+q+tok, dpopHeaders(tok, proof("GET", base, tok))); r.status != 400 {
+			t.Fatalf("?%s: %s", q, r)
+		}
+		tok = user()
+		if r := send(t, "GET", base+"?"+q+tok, nil); r.status != 400 {
+			t.Fatalf("?%s without credentials: %s", q, r)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the last lines reach the pipes
+
+	var access, audits, proxyDebug int
+	for stream, out := range map[string]*devOutput{"stdout": e.stdout, "stderr": e.stderr} {
+		for i, line := range strings.Split(out.String(), "\n") {
+			var entry map[string]any
+			_ = json.Unmarshal([]byte(line), &entry)
+			logger, _ := entry["logger"].(string)
+			switch {
+			case strings.HasPrefix(logger, "http.log.access"):
+				access++
+			case logger == "http.handlers.helseid.audit":
+				audits++
+			case logger == "http.handlers.reverse_proxy" && entry["level"] == "debug":
+				proxyDebug++
+			}
+			for _, s := range secrets {
+				if strings.Contains(line, s) {
+					t.Errorf("%s line %d carries a token or a proof: %.400s", stream, i+1, line)
+					break
+				}
+			}
+			if strings.Contains(line, pid) {
+				t.Errorf("%s line %d carries the pid: %.400s", stream, i+1, line)
+			}
+			if strings.Contains(line, hpr) && logger != "http.handlers.helseid.audit" {
+				t.Errorf("%s line %d carries the HPR number outside the audit entry: %.400s", stream, i+1, line)
+			}
+		}
+	}
+	// One more of each: the request that saw the gateway up.
+	if access != 11 || audits != 11 || proxyDebug == 0 {
+		t.Errorf("%d access lines, %d audit entries, %d proxy debug lines; want 11, 11 and some: the scan saw too little", access, audits, proxyDebug)
+	}
+}
+
+// Caddyfile.example cuts a connection whose request header does not
+// arrive within read_header (10 s), however slowly it trickles.
+func TestExampleCutsSlowHeaders(t *testing.T) {
+	e := startExample(t)
+	conn, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	if _, err := io.WriteString(conn, "GET /kjernejournal/api/patient HTTP/1.1\r\nHost: "+e.addr+"\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan time.Duration, 1)
+	go func() {
+		_, _ = io.Copy(io.Discard, conn)
+		closed <- time.Since(start)
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case d := <-closed:
+			if d < 9*time.Second || d > 13*time.Second {
+				t.Fatalf("the slow-header connection was cut after %s, want about 10s", d)
+			}
+			return
+		case <-tick.C:
+			if time.Since(start) > 20*time.Second {
+				t.Fatal("the slow-header connection is still open after 20 s")
+			}
+			_, _ = io.WriteString(conn, "X-Slow: 1\r\n")
+		}
 	}
 }
