@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/strictjson"
 )
 
 // maxFile bounds the membership file read into memory.
@@ -24,6 +26,9 @@ type fileDoc struct {
 // parseFile decodes and validates a membership document. Errors name the
 // record by index and never quote the document or an organization number.
 func parseFile(b []byte) (map[key]authz.Authorization, error) {
+	if err := strictjson.Check(b, reflect.TypeFor[fileDoc]()); err != nil {
+		return nil, fmt.Errorf("decoding: %w", err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	// A typo such as "valid_too" must not silently drop an expiry.
 	dec.DisallowUnknownFields()
