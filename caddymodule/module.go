@@ -180,10 +180,13 @@ func (h *Handler) Validate() error {
 }
 
 // Cleanup releases the pooled key sources and Redis clients. It is safe after
-// a failed Provision.
+// a failed Provision. They go in the reverse order of Provision: a membership
+// cache stops its invalidation subscription before the Redis client under
+// it is closed, or the subscription would see its connection closed under
+// it and warn of a failure on every clean stop.
 func (h *Handler) Cleanup() error {
-	for _, k := range h.poolKeys {
-		_, _ = pool.Delete(k)
+	for i := len(h.poolKeys) - 1; i >= 0; i-- {
+		_, _ = pool.Delete(h.poolKeys[i])
 	}
 	h.poolKeys = nil
 	return nil
