@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -32,31 +33,22 @@ func stripIdentityHeaders(hdr http.Header) {
 // other names, keep-alive and close among them, stay.
 func stripIdentityConnection(hdr http.Header) {
 	vals := hdr["Connection"]
-	for i, v := range vals {
-		if !connectionNamesIdentity(v) {
-			continue
-		}
-		var keep []string
+	if !slices.ContainsFunc(vals, connectionNamesIdentity) {
+		return // every request but a hostile one: nothing allocated
+	}
+	var keep []string
+	for _, v := range vals {
 		for _, name := range strings.Split(v, ",") {
 			if name = strings.TrimSpace(name); name != "" && !hasIdentityPrefix(name) {
 				keep = append(keep, name)
 			}
 		}
-		vals[i] = strings.Join(keep, ", ")
 	}
-	if len(vals) > 0 {
-		out := vals[:0]
-		for _, v := range vals {
-			if v != "" {
-				out = append(out, v)
-			}
-		}
-		if len(out) == 0 {
-			delete(hdr, "Connection")
-		} else {
-			hdr["Connection"] = out
-		}
+	if len(keep) == 0 {
+		delete(hdr, "Connection")
+		return
 	}
+	hdr["Connection"] = []string{strings.Join(keep, ", ")}
 }
 
 // connectionNamesIdentity reports whether a Connection value names a header

@@ -133,11 +133,13 @@ func TestConnectionCannotDropIdentity(t *testing.T) {
 	for name := range wantIdentity {
 		names = append(names, name)
 	}
-	for _, conn := range []string{
+	conns := append([]string(nil), names...) // each alone
+	conns = append(conns,
 		strings.Join(names, ", "),
 		"keep-alive, " + strings.ToLower(strings.Join(names, ",")),
 		strings.ReplaceAll(strings.Join(names, " , "), "-", "_"),
-	} {
+	)
+	for _, conn := range conns {
 		rec.mu.Lock()
 		rec.hits = 0
 		rec.mu.Unlock()
