@@ -136,7 +136,7 @@ func TestConnectionCannotDropIdentity(t *testing.T) {
 	conns := append([]string(nil), names...) // each alone
 	conns = append(conns,
 		strings.Join(names, ", "),
-		"keep-alive, " + strings.ToLower(strings.Join(names, ",")),
+		"keep-alive, "+strings.ToLower(strings.Join(names, ",")),
 		strings.ReplaceAll(strings.Join(names, " , "), "-", "_"),
 	)
 	for _, conn := range conns {

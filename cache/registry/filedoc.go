@@ -26,9 +26,6 @@ type fileDoc struct {
 // parseFile decodes and validates a membership document. Errors name the
 // record by index and never quote the document or an organization number.
 func parseFile(b []byte) (map[key]authz.Authorization, error) {
-	if err := strictjson.Check(b, reflect.TypeFor[fileDoc]()); err != nil {
-		return nil, fmt.Errorf("decoding: %w", err)
-	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	// A typo such as "valid_too" must not silently drop an expiry.
 	dec.DisallowUnknownFields()
@@ -38,6 +35,9 @@ func parseFile(b []byte) (map[key]authz.Authorization, error) {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, errors.New("decoding: data after the top-level object")
+	}
+	if err := strictjson.Check(b, reflect.TypeFor[fileDoc]()); err != nil {
+		return nil, fmt.Errorf("decoding: %w", err)
 	}
 	if doc.Authorizations == nil {
 		return nil, errors.New(`missing "authorizations" array`)

@@ -12,15 +12,15 @@
 package strictjson
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Unmarshal checks data against v's type with Check, then decodes it into v
@@ -32,79 +32,169 @@ func Unmarshal(data []byte, v any) error {
 	return json.Unmarshal(data, v)
 }
 
-// Check returns an error when data is not one JSON value in valid UTF-8,
-// when any object in it has a member name twice, or when a member name of
-// an object read into a struct of t differs from one of the struct's JSON
+// Check returns an error when data is not valid JSON in valid UTF-8, when
+// any object in it has a member name twice, or when a member name of an
+// object read into a struct of t differs from one of the struct's JSON
 // field names only in case. Objects read into anything else (maps, any,
 // types with their own UnmarshalJSON) are checked for duplicates only.
+//
+// It allocates nothing for a document without escaped member names and
+// with no object of more than a few dozen members: it runs on every new
+// access token. Callers decode after it, and their decoder names a syntax
+// error better than Check does.
 func Check(data []byte, t reflect.Type) error {
 	if !utf8.Valid(data) {
 		return errors.New("the JSON is not valid UTF-8")
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := checkValue(dec, t); err != nil {
-		return err
+	if !json.Valid(data) { // one value, no trailing data: the scanner below relies on it
+		return errors.New("not a valid JSON document")
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		if bytes.HasPrefix(bytes.TrimSpace(data), []byte("{")) {
-			return errors.New("data after the top-level object")
+	s := scanner{data: data}
+	return s.value(t)
+}
+
+// scanner walks a document json.Valid accepted, so it never meets a
+// syntax error: every index it reads is in range.
+type scanner struct {
+	data []byte
+	i    int
+}
+
+func (s *scanner) space() {
+	for s.i < len(s.data) {
+		switch s.data[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
 		}
-		return errors.New("data after the top-level value")
+	}
+}
+
+// value checks the value at s.i against t and moves past it.
+func (s *scanner) value(t reflect.Type) error {
+	s.space()
+	switch s.data[s.i] {
+	case '{':
+		return s.object(deref(t))
+	case '[':
+		return s.array(deref(t))
+	case '"':
+		s.str()
+	default: // a number, true, false or null
+		for s.i < len(s.data) {
+			if c := s.data[s.i]; c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\n' || c == '\r' {
+				break
+			}
+			s.i++
+		}
 	}
 	return nil
 }
 
-// checkValue reads one value from dec, checking its objects against t.
-func checkValue(dec *json.Decoder, t reflect.Type) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
+// str moves past the string at s.i and returns it with its quotes, and
+// whether it has an escape.
+func (s *scanner) str() (quoted []byte, escaped bool) {
+	start := s.i
+	for s.i++; s.data[s.i] != '"'; s.i++ {
+		if s.data[s.i] == '\\' {
+			escaped = true
+			s.i++
+		}
 	}
-	d, ok := tok.(json.Delim)
-	if !ok {
+	s.i++
+	return s.data[start:s.i], escaped
+}
+
+func (s *scanner) array(t reflect.Type) error {
+	var elem reflect.Type
+	if t != nil && !customDecoder(t) && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+		elem = t.Elem()
+	}
+	s.i++ // [
+	s.space()
+	if s.data[s.i] == ']' {
+		s.i++
 		return nil
 	}
-	t = deref(t)
-	switch d {
-	case '[':
-		var elem reflect.Type
-		if t != nil && !customDecoder(t) && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-			elem = t.Elem()
+	for {
+		if err := s.value(elem); err != nil {
+			return err
 		}
-		for dec.More() {
-			if err := checkValue(dec, elem); err != nil {
-				return err
-			}
-		}
-	case '{':
-		fields := fieldsOf(t)
-		seen := make(map[string]struct{})
-		for dec.More() {
-			tok, err := dec.Token()
-			if err != nil {
-				return err
-			}
-			name, _ := tok.(string)
-			if _, dup := seen[name]; dup {
-				return fmt.Errorf("member %q appears twice", name)
-			}
-			seen[name] = struct{}{}
-			ft, exact := fields[name]
-			if !exact {
-				for known := range fields {
-					if strings.EqualFold(known, name) {
-						return fmt.Errorf("member %q is not %q: names match exactly", name, known)
-					}
-				}
-			}
-			if err := checkValue(dec, ft); err != nil {
-				return err
-			}
+		s.space()
+		s.i++ // , or ]
+		if s.data[s.i-1] == ']' {
+			return nil
 		}
 	}
-	_, err = dec.Token() // the closing delimiter
-	return err
+}
+
+// smallObject is how many member names an object's names are compared
+// with one by one; beyond it they go into a map.
+const smallObject = 32
+
+func (s *scanner) object(t reflect.Type) error {
+	fields := fieldsOf(t)
+	var small [smallObject]string
+	seen, seenMap := small[:0], map[string]struct{}(nil)
+	s.i++ // {
+	s.space()
+	if s.data[s.i] == '}' {
+		s.i++
+		return nil
+	}
+	for {
+		s.space()
+		quoted, escaped := s.str()
+		// A view of the document's bytes, kept no longer than Check runs;
+		// an escaped name is decoded as encoding/json decodes it.
+		name := unsafe.String(unsafe.SliceData(quoted[1:]), len(quoted)-2)
+		if escaped {
+			var decoded string
+			if err := json.Unmarshal(quoted, &decoded); err != nil {
+				return err
+			}
+			name = decoded
+		}
+		// Names seen: compared one by one while few, then in a map.
+		dup := false
+		if seenMap == nil {
+			dup = slices.Contains(seen, name)
+			if len(seen) < cap(seen) {
+				seen = append(seen, name)
+			} else {
+				seenMap = make(map[string]struct{}, 2*len(seen))
+				for _, n := range seen {
+					seenMap[n] = struct{}{}
+				}
+			}
+		}
+		if seenMap != nil {
+			_, dup = seenMap[name]
+			seenMap[name] = struct{}{}
+		}
+		if dup {
+			return fmt.Errorf("member %q appears twice", name)
+		}
+		ft, exact := fields[name]
+		if !exact {
+			for known := range fields {
+				if strings.EqualFold(known, name) {
+					return fmt.Errorf("member %q is not %q: names match exactly", name, known)
+				}
+			}
+		}
+		s.space()
+		s.i++ // :
+		if err := s.value(ft); err != nil {
+			return err
+		}
+		s.space()
+		s.i++ // , or }
+		if s.data[s.i-1] == '}' {
+			return nil
+		}
+	}
 }
 
 func deref(t reflect.Type) reflect.Type {

@@ -1,10 +1,16 @@
 package strictjson
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 type confirm struct {
@@ -109,4 +115,108 @@ func FuzzCheck(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkReference is Check written the plain way, with encoding/json's
+// tokenizer: the fast scanner must agree with it on every document.
+func checkReference(data []byte, t reflect.Type) error {
+	if !json.Valid(data) || !utf8.Valid(data) {
+		return errors.New("not valid JSON in UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := refValue(dec, t); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("data after the top-level value")
+	}
+	return nil
+}
+
+func refValue(dec *json.Decoder, t reflect.Type) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	d, ok := tok.(json.Delim)
+	if !ok {
+		return nil
+	}
+	t = deref(t)
+	switch d {
+	case '[':
+		var elem reflect.Type
+		if t != nil && !customDecoder(t) && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
+		for dec.More() {
+			if err := refValue(dec, elem); err != nil {
+				return err
+			}
+		}
+	case '{':
+		fields := fieldsOf(t)
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			name := tok.(string)
+			if seen[name] {
+				return fmt.Errorf("member %q appears twice", name)
+			}
+			seen[name] = true
+			ft, exact := fields[name]
+			if !exact {
+				for known := range fields {
+					if strings.EqualFold(known, name) {
+						return fmt.Errorf("member %q is not %q", name, known)
+					}
+				}
+			}
+			if err := refValue(dec, ft); err != nil {
+				return err
+			}
+		}
+	}
+	_, err = dec.Token()
+	return err
+}
+
+// FuzzCheckAgainstReference holds the scanner to the plain version.
+func FuzzCheckAgainstReference(f *testing.F) {
+	for _, s := range []string{
+		`{"iss":"x","aud":["a",{"b":[1,2.5e3,true,null]}],"cnf":{"jkt":"k"}}`, `{"iss":"a","iss":"b"}`, `{"ISS":"x"}`,
+		`{"cnf":{"JKT":"k"}}`, `{"a\"b":1,"a\u0022b":2}`, `{"\u0069ss":"x"}`, `[{"a":1,"a":2}]`, ` { "x" : { } , "y" : [ ] } `,
+		`"s"`, `12`, `{"extra":{}}`, `{"Extra":{"k":1,"K":2}}`, `{"a":"\\","b":"\\\""}`,
+	} {
+		f.Add(s)
+	}
+	many := "{"
+	for i := range 40 {
+		many += fmt.Sprintf(`"k%d":%d,`, i, i)
+	}
+	f.Add(many + `"k3":0}`)
+	f.Add(many + `"k99":0}`)
+	f.Fuzz(func(t *testing.T, doc string) {
+		got, want := Check([]byte(doc), reflect.TypeOf(claims{})), checkReference([]byte(doc), reflect.TypeOf(claims{}))
+		if (got == nil) != (want == nil) {
+			t.Errorf("%q: Check says %v, the reference %v", doc, got, want)
+		}
+	})
+}
+
+// A token-sized document without escapes costs no allocation.
+func TestCheckAllocs(t *testing.T) {
+	doc := []byte(`{"iss":"https://helseid-sts.nhn.no","aud":["nhn:kjernejournal"],"exp":1999999999,"nbf":1,"client_id":"c",` +
+		`"scope":["a","b"],"jti":"j","cnf":{"jkt":"k"},"helseid://claims/client/claims/orgnr_parent":"917897468","amr":["pwd"]}`)
+	typ := reflect.TypeOf(claims{})
+	if err := Check(doc, typ); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = Check(doc, typ) }); n != 0 {
+		t.Errorf("Check allocates %v times", n)
+	}
 }
