@@ -30,6 +30,7 @@ func DenialReasons() []ReasonInfo {
 	return []ReasonInfo{
 		// 1. Framing.
 		{"token_in_query", InvalidRequest, "an access_token in the query string"},
+		{"path_ambiguous", InvalidRequest, "the path has a dot segment (plain or percent-encoded), an encoded slash or backslash, a backslash or an empty segment"},
 		{"no_credentials", NoCredentials, "no Authorization header"},
 		{"multiple_authorization", InvalidRequest, "more than one Authorization header"},
 		{"malformed_authorization", InvalidRequest, "the Authorization header is not `<scheme> <token68>`"},
@@ -90,7 +91,11 @@ func DenialReasons() []ReasonInfo {
 		{"attestation_has_expired", InvalidToken, "the attest's toa is older than attest_max_age (with clock_skew; ATT-58)"},
 		{"attest_toa_future", InvalidToken, "the attest's toa is later than now plus clock_skew"},
 		{"attest_purpose", InsufficientScope, "purpose_of_use.code is absent or not one of the route's purposes"},
-		// 5. Membership.
+		// 5. The body, once the caller is known.
+		{"token_in_body", InvalidRequest, "a form-encoded body carrying an access_token"},
+		{"form_body_too_large", InvalidRequest, "a form-encoded body larger than 1 MiB, which cannot be checked for an access_token"},
+		{"form_body_unreadable", InvalidRequest, "a form-encoded body that could not be read to its end"},
+		// 6. Membership.
 		{ReasonNoOrg, NotMember, "the token names no organization number the org rule needs"},
 		{ReasonInvalidOrg, NotMember, "the token's organization number fails the mod-11 check"},
 		{ReasonNotMember, NotMember, "the registry does not authorize the organization for the service"},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -15,6 +14,8 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/helsegate/helsegate/internal/strictjson"
 )
 
 // verifiedToken is an access token that passed every check that does not
@@ -117,7 +118,8 @@ func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*ver
 
 	vt := &verifiedToken{}
 	c := &vt.claims
-	if err := json.Unmarshal(payload, c); err != nil {
+	// Exact member names, none twice: what every other reader of the token reads.
+	if err := strictjson.Unmarshal(payload, c); err != nil {
 		return nil, denyErr(InvalidToken, "token_claims", "the access token claims are malformed", err)
 	}
 	// iss must equal the configured issuer exactly (RFC 9068 §4 (3)).

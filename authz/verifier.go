@@ -18,7 +18,7 @@ type Request struct {
 	EscapedPath   string   // the request path as sent, percent-encoded
 	Authorization []string // every Authorization header value
 	DPoP          []string // every DPoP header value
-	TokenInQuery  bool     // the query string carries access_token
+	TokenInQuery  bool     // the query string carries access_token (HasAccessTokenParam)
 }
 
 // Principal is who a verified request comes from. It never holds the pid:
@@ -126,6 +126,10 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	// 1. Framing: the token travels only in one Authorization header (RFC 6750 §2).
 	if r.TokenInQuery {
 		return nil, deny(InvalidRequest, "token_in_query", "access tokens are accepted only in the Authorization header")
+	}
+	// The path must name one resource however a rewrite reads it (checkPath).
+	if derr := checkPath(r.EscapedPath); derr != nil {
+		return nil, derr
 	}
 	switch len(r.Authorization) {
 	case 0:

@@ -182,6 +182,14 @@ func TestAccessToken(t *testing.T) {
 		}, kind: InvalidToken, reason: "token_signature"},
 		{name: "critical header", req: withToken(func(h, c map[string]any) { h["crit"] = []string{"exp"} }), kind: InvalidToken, reason: "token_malformed"},
 		{name: "claims of wrong type", req: withToken(func(h, c map[string]any) { c["iss"] = 42 }), kind: InvalidToken, reason: "token_claims"},
+		// Exact names, none twice (a duplicate cannot come out of a map: see TestTokenClaimsStrict).
+		{name: "ISS for iss", req: withToken(func(h, c map[string]any) { c["ISS"] = c["iss"]; delete(c, "iss") }), kind: InvalidToken, reason: "token_claims"},
+		{name: "CNF for cnf", req: withToken(func(h, c map[string]any) { c["CNF"] = c["cnf"]; delete(c, "cnf") }), kind: InvalidToken, reason: "token_claims"},
+		{name: "JKT in cnf", req: withToken(func(h, c map[string]any) { c["cnf"] = map[string]any{"JKT": c["cnf"].(map[string]any)["jkt"]} }), kind: InvalidToken, reason: "token_claims"},
+		{name: "upper-case orgnr_parent", req: withToken(func(h, c map[string]any) {
+			c[strings.ToUpper(ClaimOrgParent)] = c[ClaimOrgParent]
+			delete(c, ClaimOrgParent)
+		}), kind: InvalidToken, reason: "token_claims"},
 		{name: "issuer differs", req: withToken(func(h, c map[string]any) { c["iss"] = "https://helseid-sts.nhn.no" }), kind: InvalidToken, reason: "token_issuer"},
 		{name: "issuer with trailing slash", req: withToken(func(h, c map[string]any) { c["iss"] = testIssuer + "/" }), kind: InvalidToken, reason: "token_issuer"},
 		{name: "audience differs", req: withToken(func(h, c map[string]any) { c["aud"] = "nhn:msh" }), kind: InvalidToken, reason: "token_audience"},

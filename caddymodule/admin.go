@@ -101,9 +101,15 @@ func (a *adminAPI) invalidate(w http.ResponseWriter, r *http.Request) error {
 	if req.Organization != "" && !authz.ValidOrgNumber(req.Organization) {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("organization is not a valid organization number")}
 	}
+	ms := memberships.list()
+	// A service no route checks is a typo or the wrong gateway: saying 200
+	// would let the operator believe an answer was evicted.
+	if req.Service != "" && !checksService(ms, req.Service) {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no route of this gateway checks membership of service %q", req.Service)}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), invalidateTimeout)
 	defer cancel()
-	resp := invalidateAll(ctx, memberships.list(), req.Service, req.Organization)
+	resp := invalidateAll(ctx, ms, req.Service, req.Organization)
 	status := http.StatusOK
 	if len(resp.Failed) > 0 {
 		status = http.StatusBadGateway
@@ -111,6 +117,16 @@ func (a *adminAPI) invalidate(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	return json.NewEncoder(w).Encode(resp)
+}
+
+// checksService reports whether one of ms is the membership check of service.
+func checksService(ms []*pooledMembership, service string) bool {
+	for _, m := range ms {
+		if m.service == service {
+			return true
+		}
+	}
+	return false
 }
 
 // invalidateAll evicts (service, org) from every cache of ms at once and,

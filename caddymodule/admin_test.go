@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/helsegate/helsegate/authz"
@@ -178,5 +180,24 @@ func TestAdminInvalidatePublished(t *testing.T) {
 	code, resp, body = postInvalidate(t, []*pooledMembership{a, b}, `{"all":true}`)
 	if code != http.StatusOK || resp.Published != 1 {
 		t.Fatalf("answer %d %s, want published 1", code, body)
+	}
+}
+
+// A service no route checks gets 404 naming it, not a 200 that evicted nothing.
+func TestInvalidateUnknownService(t *testing.T) {
+	pm := adminCache(t, nil, "")
+	memberships.add(pm)
+	defer memberships.remove(pm)
+	for _, body := range []string{`{"service":"persontjenesten"}`, `{"service":"persontjenesten","organization":"` + testOrg + `"}`} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, "/helseid/membership/invalidate", strings.NewReader(body))
+		err := (&adminAPI{}).invalidate(w, r)
+		var ae caddy.APIError
+		if !errors.As(err, &ae) || ae.HTTPStatus != http.StatusNotFound || !strings.Contains(ae.Err.Error(), `"persontjenesten"`) {
+			t.Errorf("%s: %v, want a 404 naming the service", body, err)
+		}
+		if pm.cached.Len() != 1 {
+			t.Errorf("%s: the cache of %s was evicted", body, testService)
+		}
 	}
 }

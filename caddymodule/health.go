@@ -141,7 +141,7 @@ func buildHealth(ctx context.Context, now time.Time) healthReport {
 		ih := issuerHealth{Issuer: withoutUserinfo(st.Issuer), Keys: st.Keys}
 		if !st.LastSuccess.IsZero() {
 			ih.LastSuccess = timePtr(st.LastSuccess)
-			ih.AgeSeconds = secondsPtr(now.Sub(st.LastSuccess))
+			ih.AgeSeconds = ageSeconds(now, st.LastSuccess)
 		}
 		if !st.LastFailure.IsZero() {
 			ih.LastFailure = timePtr(st.LastFailure)
@@ -183,7 +183,7 @@ func buildHealth(ctx context.Context, now time.Time) healthReport {
 			rh.Source, rh.URL, rh.Breaker = "http", withoutUserinfo(pm.http.BaseURL()), br.State()
 			if t := br.LastSuccess(); !t.IsZero() {
 				rh.LastSuccess = timePtr(t)
-				rh.AgeSeconds = secondsPtr(now.Sub(t))
+				rh.AgeSeconds = ageSeconds(now, t)
 			}
 			if t := br.LastFailure(); !t.IsZero() {
 				rh.LastFailure = timePtr(t)
@@ -200,7 +200,7 @@ func buildHealth(ctx context.Context, now time.Time) healthReport {
 			rh.Source, rh.Path, rh.Status = "file", pm.file.Path(), healthOK
 			t := pm.file.LoadedAt()
 			rh.LastSuccess = timePtr(t)
-			rh.AgeSeconds = secondsPtr(now.Sub(t))
+			rh.AgeSeconds = ageSeconds(now, t)
 		default:
 			continue
 		}
@@ -273,7 +273,12 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func secondsPtr(d time.Duration) *float64 {
-	s := d.Round(time.Millisecond).Seconds()
+// ageSeconds is how long before now t was, in seconds, never below zero. The
+// report's time is taken before the Redis pings, and a registry call or a
+// file reload can succeed while they run; the times the sources keep carry
+// no monotonic reading either, so a wall clock stepped back makes them seem
+// to come after now. Neither is an age below zero.
+func ageSeconds(now, t time.Time) *float64 {
+	s := max(now.Sub(t), 0).Round(time.Millisecond).Seconds()
 	return &s
 }

@@ -2,7 +2,9 @@ package caddymodule
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -21,6 +23,74 @@ func stripIdentityHeaders(hdr http.Header) {
 			delete(hdr, name)
 		}
 	}
+}
+
+// stripIdentityConnection removes from the Connection header every name
+// with the identity prefix. reverse_proxy removes the headers Connection
+// names as hop-by-hop (RFC 9110 §7.6.1) after this handler set them, so a
+// client could otherwise take verified identity away from the upstream (an
+// org child or an HPR number missing reads as a different caller). The
+// other names, keep-alive and close among them, stay.
+func stripIdentityConnection(hdr http.Header) {
+	vals := hdr["Connection"]
+	if !slices.ContainsFunc(vals, connectionNamesIdentity) {
+		return // every request but a hostile one: nothing allocated
+	}
+	var keep []string
+	for _, v := range vals {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" && !hasIdentityPrefix(name) {
+				keep = append(keep, name)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		delete(hdr, "Connection")
+		return
+	}
+	hdr["Connection"] = []string{strings.Join(keep, ", ")}
+}
+
+// connectionNamesIdentity reports whether a Connection value names a header
+// with the identity prefix.
+func connectionNamesIdentity(v string) bool {
+	for v != "" {
+		var name string
+		name, v, _ = strings.Cut(v, ",")
+		if hasIdentityPrefix(strings.TrimSpace(name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// guardTrailers keeps identity headers out of the request's trailers, which
+// net/http fills in when the body reaches its end (declared in a Trailer
+// header or not, when any is declared) and reverse_proxy sends on after the
+// body: the names are removed now and again once the body has been read.
+func guardTrailers(r *http.Request) {
+	if r.Trailer != nil {
+		stripIdentityHeaders(r.Trailer)
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	r.Body = &trailerGuard{ReadCloser: r.Body, r: r}
+}
+
+// trailerGuard strips identity headers from r.Trailer when the body ends,
+// before reverse_proxy copies the trailers for the upstream in the same Read.
+type trailerGuard struct {
+	io.ReadCloser
+	r *http.Request
+}
+
+func (g *trailerGuard) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if err == io.EOF && g.r.Trailer != nil {
+		stripIdentityHeaders(g.r.Trailer)
+	}
+	return n, err
 }
 
 // identityPrefix is the prefix of the identity headers, lower case.

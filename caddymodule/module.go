@@ -5,10 +5,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -43,7 +44,10 @@ func init() {
 // {http.auth.user.legal_entity}, {http.auth.user.point_of_care},
 // {http.auth.user.department}, {http.auth.user.purpose_of_use},
 // {http.auth.user.healthcare_service}, {http.auth.user.decision_ref} and
-// {http.auth.user.decision_user_selected}.
+// {http.auth.user.decision_user_selected}. Set on a denial, for the error
+// routes: {http.helseid.error} (the problem body's error code) and
+// {http.helseid.reason} (the audit entry's reason code); neither ever holds
+// a claim value.
 type Handler struct {
 	// The issuer, exactly as the iss claim carries it. Discovery is read from
 	// <issuer>/.well-known/openid-configuration. Required; https unless loopback.
@@ -212,10 +216,13 @@ func (h *Handler) Validate() error {
 }
 
 // Cleanup releases the pooled key sources and Redis clients. It is safe after
-// a failed Provision.
+// a failed Provision. They go in the reverse order of Provision: a membership
+// cache stops its invalidation subscription before the Redis client under
+// it is closed, or the subscription would see its connection closed under
+// it and warn of a failure on every clean stop.
 func (h *Handler) Cleanup() error {
-	for _, k := range h.poolKeys {
-		_, _ = pool.Delete(k)
+	for i := len(h.poolKeys) - 1; i >= 0; i-- {
+		_, _ = pool.Delete(h.poolKeys[i])
 	}
 	h.poolKeys = nil
 	return nil
@@ -317,6 +324,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// carries the request span (Caddy's original-request copy predates it).
 	ctx := r.Context()
 	p, derr := h.verifier.Verify(ctx, h.authzRequest(r, orig))
+	if derr == nil {
+		derr = checkFormBody(r, p)
+	}
 	if derr == nil && h.membership != nil {
 		derr = h.membership.Check(ctx, p)
 	}
@@ -328,6 +338,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.metrics.decided(outcomeAllow, h.allowReason(), time.Since(start))
 	h.auditAllow(ctx, orig, p)
 	h.setIdentity(r, p)
+	// What the handler set must reach the upstream as set: a Connection
+	// header naming identity headers would make reverse_proxy drop them as
+	// hop-by-hop, and request trailers would add copies after the body.
+	stripIdentityConnection(r.Header)
+	guardTrailers(r)
 	if p.NonceRefresh != "" {
 		w.Header().Set("DPoP-Nonce", p.NonceRefresh)
 	}
@@ -368,15 +383,42 @@ func (h *Handler) authzRequest(r, orig *http.Request) authz.Request {
 	}
 }
 
-// tokenInQuery reports whether the query carries access_token (RFC 6750 §2.3),
-// which this gateway never accepts.
+// tokenInQuery reports whether the query carries access_token (RFC 6750 §2.3)
+// in any spelling that decodes to it, which this gateway never accepts.
 func tokenInQuery(raw string) bool {
-	if !strings.Contains(raw, "access_token") {
-		return false
-	}
-	q, err := url.ParseQuery(raw)
-	return err != nil || q.Has("access_token")
+	return raw != "" && authz.HasAccessTokenParam(raw)
 }
+
+// checkFormBody refuses a form-encoded body that carries an access_token
+// (RFC 6750 §2.2), read once the caller is known, and puts what it read back
+// as the body. Other media types are never read.
+func checkFormBody(r *http.Request, p *authz.Principal) *authz.Error {
+	if r.Body == nil || r.Body == http.NoBody || !isFormEncoded(r.Header.Get("Content-Type")) {
+		return nil
+	}
+	buf, derr := authz.CheckFormBody(r.Body)
+	if derr != nil {
+		derr.Caller = p
+		return derr
+	}
+	r.Body = readCloser{bytes.NewReader(buf), r.Body}
+	return nil
+}
+
+// isFormEncoded reports whether a Content-Type is
+// application/x-www-form-urlencoded, in any case, with any parameters.
+func isFormEncoded(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/x-www-form-urlencoded")
+}
+
+// readCloser reads from r and closes c.
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (rc readCloser) Close() error { return rc.c.Close() }
 
 // Interface guards
 var (

@@ -837,3 +837,38 @@ func TestMembershipFileReloadEvicts(t *testing.T) {
 		t.Errorf("the file source's lookups consulted the Redis tier %v times", n)
 	}
 }
+
+// An age in /helseid/health is never below zero, also for a source that
+// succeeded after the report's time was taken (a registry call or a file
+// reload during the Redis pings, or a wall clock stepped back).
+func TestHealthAgeNeverNegative(t *testing.T) {
+	f := newHandlerFixture(t, func(h *Handler) {
+		h.Membership = &MembershipConfig{Service: testService, File: membershipFile(t)}
+	})
+	observe(f.h)
+	const url = "http://example.com/fhir/Patient"
+	if err := f.h.ServeHTTP(httptest.NewRecorder(), f.request(t, "GET", url, userToken(t, f, nil), url), &recordingNext{}); err != nil {
+		t.Fatal(err)
+	}
+	rep := buildHealth(context.Background(), time.Now().Add(-time.Minute))
+	var ages int
+	for _, ih := range rep.Issuers {
+		if ih.AgeSeconds != nil {
+			ages++
+			if *ih.AgeSeconds < 0 {
+				t.Errorf("issuer %s: jwks_age_seconds %v", ih.Issuer, *ih.AgeSeconds)
+			}
+		}
+	}
+	for _, rh := range rep.Registries {
+		if rh.AgeSeconds != nil {
+			ages++
+			if *rh.AgeSeconds < 0 {
+				t.Errorf("registry %s%s: age_seconds %v", rh.URL, rh.Path, *rh.AgeSeconds)
+			}
+		}
+	}
+	if ages < 2 {
+		t.Errorf("%d ages in the report, want the issuer's and the file's: %+v", ages, rep)
+	}
+}

@@ -128,19 +128,33 @@ type problem struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// The placeholders a denial sets for the server's error routes
+// (handle_errors): the error code of the problem body and WWW-Authenticate
+// (invalid_token, not_member, …; unauthorized when no credentials came) and
+// the reason code of the audit entry (authz.DenialReasons).
+const (
+	placeholderError  = "http.helseid.error"
+	placeholderReason = "http.helseid.reason"
+)
+
 // deny answers a denied request. When the server's error routes answer it
 // (handle_errors), it returns a HandlerError for them, headers already set;
 // otherwise it writes the problem+json body itself, since Caddy would send an
 // empty one.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error) error {
 	st := status(derr.Kind)
+	code := errorCode(derr)
 	h.setChallenge(w.Header(), derr)
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		// For the error routes: why, in codes that hold no claim value.
+		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+			repl.Set(placeholderError, code)
+			repl.Set(placeholderReason, derr.Reason)
+		}
 		if herr := caddyhttp.Error(st, derr); errorRoutesAnswer(srv, r, herr) {
 			return herr
 		}
 	}
-	code := errorCode(derr)
 	pr := problem{
 		Type:   "urn:helsegate:error:" + code,
 		Title:  http.StatusText(st),

@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/strictjson"
 )
 
 // maxBody bounds the 200 body read and decoded; maxDrain bounds what is read
@@ -87,7 +87,8 @@ func decodeRecord(body io.Reader, service, org string) (*authz.Authorization, er
 		return nil, fmt.Errorf("body larger than %d bytes", maxBody)
 	}
 	var rec authz.Authorization
-	if err := json.Unmarshal(bytes.TrimSpace(b), &rec); err != nil {
+	// Exact member names, none twice: "member":false,"MEMBER":true is no member.
+	if err := strictjson.Unmarshal(bytes.TrimSpace(b), &rec); err != nil {
 		return nil, fmt.Errorf("decoding the body: %w", err)
 	}
 	if rec.Organization != org || rec.Service != service {

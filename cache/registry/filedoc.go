@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/strictjson"
 )
 
 // maxFile bounds the membership file read into memory.
@@ -33,6 +35,9 @@ func parseFile(b []byte) (map[key]authz.Authorization, error) {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, errors.New("decoding: data after the top-level object")
+	}
+	if err := strictjson.Check(b, reflect.TypeFor[fileDoc]()); err != nil {
+		return nil, fmt.Errorf("decoding: %w", err)
 	}
 	if doc.Authorizations == nil {
 		return nil, errors.New(`missing "authorizations" array`)

@@ -1,0 +1,72 @@
+package authz
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestAmbiguousPath(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want bool
+	}{
+		{"", false}, {"/", false}, {"/kj/api/patient", false}, {"/kj/api/patient/", false},
+		{"/a.b/c..d/...", false}, {"/.well-known/x", false}, {"/a/%41", false}, {"/a%20b", false}, {"/a/%2e%2e%2e", false},
+		{"/.", true}, {"/..", true}, {"/a/./b", true}, {"/a/../b", true}, {"/a/..", true},
+		{"/a/%2e/b", true}, {"/a/%2E%2e/b", true}, {"/a/.%2e/b", true}, {"/a/%2e./b", true},
+		{"//a", true}, {"/a//b", true}, {"/a/b//", true},
+		{"/a%2fb", true}, {"/a%2Fb", true}, {"/a%5cb", true}, {"/a%5Cb", true}, {"/a\\b", true},
+		{"..", true}, {"./a", true}, {"%2e%2e/a", true},
+	} {
+		if got := ambiguousPath(tc.path); got != tc.want {
+			t.Errorf("ambiguousPath(%q) = %v, want %v", tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestHasAccessTokenParam(t *testing.T) {
+	for _, tc := range []struct {
+		raw  string
+		want bool
+	}{
+		{"", false}, {"a=1", false}, {"access=token", false}, {"access_tokens=1", false}, {"x=access_token", false},
+		{"access+token=1", false}, {"access%20token=1", false}, {"access_token%00=1", false}, {"ACCESS_TOKEN=1", false},
+		{"access_token=1", true}, {"access_token", true}, {"access_token=", true}, {"a=1&access_token=2", true},
+		{"a=1;access_token=2", true}, {"access%5Ftoken=1", true}, {"access%5ftoken=1", true}, {"%61ccess_token=1", true},
+		{"%61%63%63%65%73%73%5F%74%6F%6B%65%6E=1", true}, {"&&access_token", true},
+	} {
+		if got := HasAccessTokenParam(tc.raw); got != tc.want {
+			t.Errorf("HasAccessTokenParam(%q) = %v, want %v", tc.raw, got, tc.want)
+		}
+	}
+}
+
+// FuzzHasAccessTokenParam holds HasAccessTokenParam to Go's own query
+// parser: whatever url.ParseQuery reads as access_token, it finds too.
+func FuzzHasAccessTokenParam(f *testing.F) {
+	for _, s := range []string{"access_token=1", "access%5Ftoken=1", "a=1;access_token=2", "%61ccess_token", "access+token=1", "access_token%zz=1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, _ := url.ParseQuery(raw)
+		if q.Has("access_token") && !HasAccessTokenParam(raw) {
+			t.Errorf("url.ParseQuery finds access_token in %q, HasAccessTokenParam does not", raw)
+		}
+	})
+}
+
+func TestCheckFormBody(t *testing.T) {
+	if b, derr := CheckFormBody(strings.NewReader("a=1&b=2")); derr != nil || string(b) != "a=1&b=2" {
+		t.Errorf("a plain form: %q %v", b, derr)
+	}
+	if _, derr := CheckFormBody(strings.NewReader("a=1&access%5Ftoken=2")); derr == nil || derr.Reason != "token_in_body" {
+		t.Errorf("a form with a token: %v", derr)
+	}
+	if _, derr := CheckFormBody(strings.NewReader(strings.Repeat("a", MaxFormBody+1))); derr == nil || derr.Reason != "form_body_too_large" {
+		t.Errorf("a form over the limit: %v", derr)
+	}
+	if b, derr := CheckFormBody(strings.NewReader(strings.Repeat("a", MaxFormBody))); derr != nil || len(b) != MaxFormBody {
+		t.Errorf("a form at the limit: %d %v", len(b), derr)
+	}
+}
