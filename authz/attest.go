@@ -66,6 +66,10 @@ type attestDoc struct {
 	// Which parts were read, so that a part given twice (inside and
 	// outside the attestation wrapper) is refused.
 	hasWrapper, hasPractitioner, hasCareRelationship, hasPatients bool
+	// partsAtTop: a part was read beside the wrapper's place. With the
+	// wrapper, only toa may stand beside it: a reader of the forwarded token
+	// that looks in the wrapper alone must see the attest the gateway judged.
+	partsAtTop bool
 }
 
 // Bounds of an attest. A real one is about a kilobyte, four levels deep
@@ -84,6 +88,7 @@ var (
 	errAttestCase      = errors.New("a member name differs from a known one only in case")
 	errAttestValue     = errors.New("an attest value is too long, or holds control characters")
 	errAttestClaim     = errors.New("the payload names the attest claim twice, or in another case")
+	errAttestSplit     = errors.New("the attest's parts are split between the attestation wrapper and the top level, or the wrapper nests another")
 )
 
 // findClaim returns the raw JSON value of the member name of the JSON object
@@ -163,6 +168,9 @@ func parseAttest(raw []byte) (attestDoc, error) {
 	if err := p.attestBody(&d, true); err != nil {
 		return d, err
 	}
+	if d.hasWrapper && d.partsAtTop {
+		return d, errAttestSplit
+	}
 	p.space()
 	if p.i != len(p.b) {
 		return d, errAttestNotObject
@@ -178,8 +186,14 @@ func (p *jsonReader) attestBody(d *attestDoc, top bool) error {
 		known = attestTop
 	}
 	return p.knownMembers(known, func(name string) error {
+		if top && name != "attestation" && name != "toa" {
+			d.partsAtTop = true
+		}
 		switch name {
 		case "attestation":
+			if !top {
+				return errAttestSplit
+			}
 			if err := once(&d.hasWrapper); err != nil {
 				return err
 			}
@@ -214,7 +228,7 @@ func (p *jsonReader) attestBody(d *attestDoc, top bool) error {
 // The member names each object of the attest knows.
 var (
 	attestTop          = []string{"attestation", "toa", "practitioner", "care_relationship", "patients"}
-	attestWrapped      = []string{"toa", "practitioner", "care_relationship", "patients"}
+	attestWrapped      = []string{"attestation", "toa", "practitioner", "care_relationship", "patients"}
 	attestPractitioner = []string{"identifier", "hpr_nr", "authorization", "legal_entity", "point_of_care", "department"}
 	attestCare         = []string{"healthcare_service", "purpose_of_use", "purpose_of_use_details", "decision_ref"}
 	attestElementNames = []string{"id", "code", "system", "name", "text", "authority", "assigner"}

@@ -328,6 +328,9 @@ func TestParseAttest(t *testing.T) {
 		{"duplicate user_selected", `{"care_relationship":{"decision_ref":{"user_selected":true,"user_selected":false}}}`, errClaimsDuplicate},
 		{"duplicate text", `{"practitioner":{"identifier":{"name":"a","name":"b"}}}`, errClaimsDuplicate},
 		{"duplicate patients", `{"patients":[],"patients":[]}`, errClaimsDuplicate},
+		{"parts split between the wrapper and the top", `{"practitioner":{},"attestation":{"care_relationship":{}}}`, errAttestSplit},
+		{"a part beside the wrapper, after it", `{"attestation":{"practitioner":{}},"care_relationship":{}}`, errAttestSplit},
+		{"a wrapper in the wrapper", `{"attestation":{"attestation":{}}}`, errAttestSplit},
 
 		{"case variant part", `{"Practitioner":{}}`, errAttestCase},
 		{"case variant beside the part", `{"practitioner":{},"PRACTITIONER":{}}`, errAttestCase},
@@ -388,7 +391,7 @@ func TestParseAttestShapesAgree(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		got.hasWrapper = false
+		got.hasWrapper, got.partsAtTop = false, want.partsAtTop
 		if got != want {
 			t.Errorf("%s: read\n %+v\nwant %+v", name, got, want)
 		}

@@ -86,13 +86,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
+	seen := map[string]caddyfile.Token{} // where each subdirective was read
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if seen[name] {
+		if _, dup := seen[name]; dup {
 			return d.Errf("duplicate subdirective %q", name)
 		}
-		seen[name] = true
+		seen[name] = d.Token()
 		if err := h.unmarshalSubdirective(d, name); err != nil {
 			return err
 		}
@@ -103,8 +103,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if h.Audience == "" {
 		return d.Err("helseid: audience is required")
 	}
-	if h.Attest == "" && (seen["attest_max_age"] || seen["purposes"]) {
-		return d.Err("helseid: attest_max_age and purposes need attest required or optional")
+	for _, name := range []string{"attest_max_age", "purposes"} {
+		if tok, ok := seen[name]; ok && h.Attest == "" {
+			return fmt.Errorf("helseid: attest_max_age and purposes need attest required or optional, at %s:%d", tok.File, tok.Line)
+		}
 	}
 	return h.checkResourceMetadata()
 }

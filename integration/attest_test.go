@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -149,6 +150,12 @@ func TestAttestEndToEnd(t *testing.T) {
 					t.Error("a denied request reached the upstream")
 				}
 			})
+		}
+		// No pid in any line the gateway logged, the denials' included.
+		if b, err := os.ReadFile(g.errPath); err != nil {
+			t.Fatal(err)
+		} else if strings.Contains(string(b), testPID) {
+			t.Error("the pid is in the gateway's log")
 		}
 	})
 

@@ -129,7 +129,7 @@ var wantIdentity = map[string]string{
 func TestConnectionCannotDropIdentity(t *testing.T) {
 	g, rec := integrityGateway(t)
 	c := newCaller(t, sharedSim)
-	names := []string{"X-Helseid-Dpop-Jkt"}
+	names := []string{"X-Helseid-Dpop-Jkt", "X-Helseid-Purpose-Of-Use", "X-Helseid-Legal-Entity"}
 	for name := range wantIdentity {
 		names = append(names, name)
 	}
@@ -170,7 +170,7 @@ func TestTrailersCannotCarryIdentity(t *testing.T) {
 	g, rec := integrityGateway(t)
 	c := newCaller(t, sharedSim)
 	for _, declared := range []string{
-		"X-Checksum, X-Helseid-Org-Parent, X-Helseid-Hpr-Number, x_helseid_org_child",
+		"X-Checksum, X-Helseid-Org-Parent, X-Helseid-Hpr-Number, x_helseid_org_child, X-Helseid-Purpose-Of-Use, X-Helseid-Legal-Entity",
 		"X-Checksum", // the identity trailers come undeclared
 	} {
 		tok := c.token(t, helseidsim.TokenSpec{})
@@ -179,7 +179,8 @@ func TestTrailersCannotCarryIdentity(t *testing.T) {
 		r := rawExchange(t, g.addrs[0], "POST /api/upload HTTP/1.1\r\nHost: "+g.addrs[0]+"\r\n"+
 			"Authorization: DPoP "+tok+"\r\nDPoP: "+proof+"\r\nContent-Type: text/plain\r\n"+
 			"Transfer-Encoding: chunked\r\nTrailer: "+declared+"\r\nConnection: close\r\n\r\n"+
-			"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Helseid-Org-Parent: 999999999\r\nX-Helseid-Hpr-Number: 1\r\nx_helseid_org_child: 2\r\n\r\n")
+			"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Helseid-Org-Parent: 999999999\r\nX-Helseid-Hpr-Number: 1\r\nx_helseid_org_child: 2\r\n"+
+			"X-Helseid-Purpose-Of-Use: BTG\r\nX-Helseid-Legal-Entity: 999999999\r\n\r\n")
 		expectOK(t, r)
 		hits, _, _, hdr, trailer, body := rec.last()
 		if hits == 0 || body != "hello" {
