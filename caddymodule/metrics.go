@@ -162,6 +162,17 @@ func newHelseidMetrics() *helseidMetrics {
 	for _, e := range []string{cache.InvalidationApplied, cache.InvalidationMalformed, cache.InvalidationResubscribed} {
 		_ = m.invalidations.WithLabelValues(e)
 	}
+	// At 0 from the start, so that increase() over them is right from the
+	// first loss and an alert on them names series that exist.
+	for _, why := range []string{cache.LossRestarted, cache.LossServerChanged, cache.LossMarkerGone,
+		cache.LossMarkerOlder, cache.LossDeclaredElsewhere} {
+		_ = m.replayLosses.WithLabelValues(why)
+	}
+	for _, dep := range []string{"redis", "registry"} {
+		for _, to := range []string{"closed", "half-open", "open"} {
+			_ = m.breakerTransitions.WithLabelValues(dep, to)
+		}
+	}
 	m.jwksOK = m.jwksRefreshes.WithLabelValues("ok")
 	m.jwksErr = m.jwksRefreshes.WithLabelValues("error")
 	return m
