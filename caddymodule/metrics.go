@@ -333,11 +333,22 @@ func (c *jwksCollector) Collect(ch chan<- prometheus.Metric) {
 	if len(keys) == 0 {
 		return
 	}
-	now := time.Now()
+	sts := make([]authz.KeyStatus, len(keys))
+	for i, k := range keys {
+		sts[i] = k.Status()
+	}
+	age, fetched, failing := jwksGauges(sts, time.Now())
+	if fetched {
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
+	}
+	ch <- prometheus.MustNewConstMetric(c.failing, prometheus.GaugeValue, float64(failing))
+}
+
+// jwksGauges is the age in seconds of the oldest key set fetched (fetched
+// false: none was) and the number of issuers whose last fetch failed.
+func jwksGauges(sts []authz.KeyStatus, now time.Time) (age float64, fetched bool, failing int) {
 	var oldest time.Time
-	failing := 0
-	for _, k := range keys {
-		st := k.Status()
+	for _, st := range sts {
 		if !st.LastSuccess.IsZero() && (oldest.IsZero() || st.LastSuccess.Before(oldest)) {
 			oldest = st.LastSuccess
 		}
@@ -345,10 +356,10 @@ func (c *jwksCollector) Collect(ch chan<- prometheus.Metric) {
 			failing++
 		}
 	}
-	if !oldest.IsZero() {
-		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, now.Sub(oldest).Seconds())
+	if oldest.IsZero() {
+		return 0, false, failing
 	}
-	ch <- prometheus.MustNewConstMetric(c.failing, prometheus.GaugeValue, float64(failing))
+	return now.Sub(oldest).Seconds(), true, failing
 }
 
 // breakerStateValue is the gauge value of a breaker state.

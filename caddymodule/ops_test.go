@@ -490,6 +490,32 @@ func TestMetricsRouteLabel(t *testing.T) {
 	}
 }
 
+func TestJWKSGauges(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	for _, tc := range []struct {
+		name        string
+		sts         []authz.KeyStatus
+		age         float64
+		fetched     bool
+		wantFailing int
+	}{
+		{"nothing fetched yet", []authz.KeyStatus{{}}, 0, false, 0},
+		{"first fetch failed", []authz.KeyStatus{{LastFailure: ago(time.Second)}}, 0, false, 1},
+		{"fresh", []authz.KeyStatus{{LastSuccess: ago(time.Minute)}}, 60, true, 0},
+		{"failed after a success", []authz.KeyStatus{{LastSuccess: ago(time.Hour), LastFailure: ago(time.Minute)}}, 3600, true, 1},
+		{"recovered", []authz.KeyStatus{{LastSuccess: ago(time.Minute), LastFailure: ago(time.Hour)}}, 60, true, 0},
+		{"the oldest of two", []authz.KeyStatus{{LastSuccess: ago(time.Minute)}, {LastSuccess: ago(2 * time.Hour)}}, 7200, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			age, fetched, failing := jwksGauges(tc.sts, now)
+			if age != tc.age || fetched != tc.fetched || failing != tc.wantFailing {
+				t.Fatalf("jwksGauges = %v, %v, %d; want %v, %v, %d", age, fetched, failing, tc.age, tc.fetched, tc.wantFailing)
+			}
+		})
+	}
+}
+
 // Two routes count apart: a decision on one moves its series only.
 func TestMetricsRoutesApart(t *testing.T) {
 	m := getMetrics()
