@@ -36,10 +36,20 @@ import (
 // (substituted at adapt time) and {env.NAME} (read at provision).
 var caddyfileVars = regexp.MustCompile(`\{\$([A-Za-z0-9_]+)(?::[^}]*)?\}|\{env\.([A-Za-z0-9_]+)\}`)
 
+// varsRead maps each variable the Caddyfile reads to whether it has a
+// default ({$NAME:default}); comment lines are left out.
 func varsRead(caddyfile string) map[string]bool {
 	out := map[string]bool{}
-	for _, m := range caddyfileVars.FindAllStringSubmatch(caddyfile, -1) {
-		out[m[1]+m[2]] = true
+	for _, line := range strings.Split(caddyfile, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		for _, m := range caddyfileVars.FindAllStringSubmatch(line, -1) {
+			name := m[1] + m[2]
+			_, seen := out[name]
+			hasDefault := strings.Contains(m[0], ":")
+			out[name] = hasDefault && (!seen || out[name])
+		}
 	}
 	return out
 }
@@ -292,7 +302,7 @@ func TestKubernetesExample(t *testing.T) {
 		}
 	}
 	for v := range env {
-		if !read[v] && !caddyEnv[v] {
+		if _, ok := read[v]; !ok && !caddyEnv[v] {
 			t.Errorf("the Deployment sets %s; the Caddyfile does not read it", v)
 		}
 	}
@@ -614,6 +624,7 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("EnvironmentFile %q and --config %q: want both under /etc/helsegate (ConfigurationDirectory)", envPath, config)
 	}
 	env := envFile(t, filepath.Join("systemd", "helsegate.env.example"))
+	readByAny := map[string]bool{}
 	checked := 0
 	for _, name := range []string{"Caddyfile.example", "Caddyfile.production"} {
 		b, err := os.ReadFile(filepath.Join("..", name))
@@ -623,15 +634,10 @@ func TestSystemdUnit(t *testing.T) {
 			t.Fatal(err)
 		}
 		checked++
-		read := varsRead(string(b))
-		for v := range read {
-			if _, ok := env[v]; !ok && v != "NAME" { // {env.NAME} in a comment
-				t.Errorf("%s reads %s; helsegate.env.example does not set it", name, v)
-			}
-		}
-		for v := range env {
-			if !read[v] {
-				t.Errorf("helsegate.env.example sets %s; %s does not read it", v, name)
+		for v, hasDefault := range varsRead(string(b)) {
+			readByAny[v] = true
+			if _, ok := env[v]; !ok && !hasDefault {
+				t.Errorf("%s reads %s, with no default; helsegate.env.example does not set it", name, v)
 			}
 		}
 		t.Run(name, func(t *testing.T) {
@@ -640,6 +646,11 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	if checked == 0 {
 		t.Fatal("no Caddyfile.example or Caddyfile.production in the repository root")
+	}
+	for v := range env {
+		if !readByAny[v] {
+			t.Errorf("helsegate.env.example sets %s; no Caddyfile of the repository reads it", v)
+		}
 	}
 }
 
