@@ -77,6 +77,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		on_store_error    local|deny
 //		forward_token     on|off
 //		resource_metadata [<resource>]
+//		route             <name>
 //		membership <service> { … }   (see unmarshalMembership)
 //	}
 //
@@ -234,6 +235,14 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		return h.unmarshalMembership(d)
 	case "resource_metadata":
 		return h.unmarshalResourceMetadata(d)
+	case "route":
+		if err := oneArg(d, &h.Route); err != nil {
+			return err
+		}
+		if !validRoute.MatchString(h.Route) {
+			return d.Errf("route %q must be 1 to 64 of a-z A-Z 0-9 _ . - (a name for the API, never a path)", h.Route)
+		}
+		return nil
 	default:
 		return d.Errf("unknown subdirective %q", name)
 	}

@@ -45,6 +45,7 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		}
 		on_store_error deny
 		forward_token off
+		route kjernejournal-pjd
 	}`)
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +72,7 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		Redis:            &cache.RedisConfig{URL: "redis://127.0.0.1:6379/2", KeyPrefix: "hg:", TLS: true},
 		OnStoreError:     "deny",
 		ForwardToken:     &off,
+		Route:            "kjernejournal-pjd",
 	}
 	got, _ := json.Marshal(h)
 	exp, _ := json.Marshal(want)
@@ -138,6 +140,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"redis duplicate option", " redis redis://127.0.0.1 {\n tls\n tls\n }\n", `duplicate redis option "tls"`},
 		{"redis bad db", " redis {\n addrs 127.0.0.1:6379\n db x\n }\n", "redis db must be"},
 		{"scopes without value", " scopes\n", "wrong argument count"},
+		{"route without value", " route\n", "wrong argument count"},
+		{"route with two values", " route a b\n", "wrong argument count"},
+		{"route is a path", " route /kjernejournal\n", "never a path"},
+		{"route is a placeholder", " route {env.ROUTE}\n", "never a path"},
+		{"route too long", " route " + strings.Repeat("r", 65) + "\n", "1 to 64"},
 		{"attest mode", " attest always\n", "attest must be required or optional"},
 		{"attest without value", " attest\n", "wrong argument count"},
 		{"attest twice", " attest required\n attest optional\n", `duplicate subdirective "attest"`},

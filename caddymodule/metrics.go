@@ -13,9 +13,9 @@ import (
 )
 
 // The Prometheus metrics of helsegate, caddy_helseid_*. Every label is from a
-// closed set (an outcome, a reason code, a cache tier and result, a call
-// result, a dependency name): never an organization, a client, a key, a kid,
-// an issuer URL or a path.
+// closed set (an outcome, a reason code, a route name from the config, a cache
+// tier and result, a call result, a dependency name): never an organization, a
+// client, a key, a kid, an issuer URL or a path.
 //
 // The collectors are created once per process and registered in the metrics
 // registry of every config that provisions a helseid handler (Caddy makes a
@@ -42,6 +42,10 @@ func outcomeOf(k authz.Kind) string {
 	}
 	return outcomeDeny
 }
+
+// defaultRoute is the route label of a handler with neither a route name nor
+// a membership service.
+const defaultRoute = "default"
 
 // durationBuckets spans a cached token with a fresh proof (~100 µs) to a
 // registry call near its timeout.
@@ -70,9 +74,14 @@ type helseidMetrics struct {
 	invalidations      *prometheus.CounterVec
 	breakerTransitions *prometheus.CounterVec
 	breakerState       *breakerCollector
+	jwksState          *jwksCollector
+
+	// The decision series of each route, resolved when a handler of that
+	// route is provisioned (see forRoute).
+	routesMu sync.Mutex
+	routes   map[string]*routeMetrics
 
 	// Pre-resolved children. Written once in init, read-only after.
-	byReason        map[string]map[string]reasonMetrics // outcome -> reason -> series
 	membershipChild map[tierResult]prometheus.Counter
 	registryChild   map[string]prometheus.Counter
 	jwksOK, jwksErr prometheus.Counter
@@ -95,13 +104,13 @@ func newHelseidMetrics() *helseidMetrics {
 	}
 	m := &helseidMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_total",
-			"Decisions of the helseid handler, by outcome (allow, deny, error) and reason code.")),
-			[]string{"outcome", "reason"}),
+			"Decisions of the helseid handler, by outcome (allow, deny, error), reason code and route (the handler's route name or membership service).")),
+			[]string{"outcome", "reason", "route"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "verification_duration_seconds",
-			Help:    "Time from the request entering the helseid handler to its decision (token, proof, replay, membership), by outcome.",
+			Help:    "Time from the request entering the helseid handler to its decision (token, proof, replay, membership), by outcome and route.",
 			Buckets: durationBuckets,
-		}, []string{"outcome"}),
+		}, []string{"outcome", "route"}),
 		membership: prometheus.NewCounterVec(prometheus.CounterOpts(opts("membership_cache_results_total",
 			"Membership lookups per cache tier (local, redis, registry) and result (hit, miss, stale, error).")),
 			[]string{"tier", "result"}),
@@ -128,20 +137,17 @@ func newHelseidMetrics() *helseidMetrics {
 			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "breaker_state"),
 			"Circuit breaker state per dependency (redis, registry): 0 closed, 1 half-open, 2 open; the worst of the live breakers.",
 			[]string{"dependency"}, nil)},
-		byReason:        map[string]map[string]reasonMetrics{outcomeAllow: {}, outcomeDeny: {}, outcomeError: {}},
+		jwksState: &jwksCollector{
+			age: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "jwks_age_seconds"),
+				"Seconds since the last successful fetch of the oldest live issuer key set (issuers not fetched yet are left out).", nil, nil),
+			failing: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "jwks_failing_issuers"),
+				"Live issuers whose last key-set fetch failed (serving the last good set, or none: the health report's degraded and down).", nil, nil),
+		},
+		routes:          map[string]*routeMetrics{},
 		membershipChild: map[tierResult]prometheus.Counter{},
 		registryChild:   map[string]prometheus.Counter{},
 	}
-	for _, o := range []string{outcomeAllow, outcomeDeny, outcomeError} {
-		_ = m.duration.WithLabelValues(o)
-	}
-	for _, r := range authz.AllowReasons() {
-		m.byReason[outcomeAllow][r.Code] = m.resolve(outcomeAllow, r.Code)
-	}
-	for _, r := range authz.DenialReasons() {
-		o := outcomeOf(r.Kind)
-		m.byReason[o][r.Code] = m.resolve(o, r.Code)
-	}
+	m.forRoute(defaultRoute)
 	for _, tr := range []tierResult{
 		{cache.TierLocal, cache.ResultHit}, {cache.TierLocal, cache.ResultMiss},
 		{cache.TierRedis, cache.ResultHit}, {cache.TierRedis, cache.ResultMiss}, {cache.TierRedis, cache.ResultError},
@@ -156,24 +162,68 @@ func newHelseidMetrics() *helseidMetrics {
 	for _, e := range []string{cache.InvalidationApplied, cache.InvalidationMalformed, cache.InvalidationResubscribed} {
 		_ = m.invalidations.WithLabelValues(e)
 	}
+	// At 0 from the start, so that increase() over them is right from the
+	// first loss and an alert on them names series that exist.
+	for _, why := range []string{cache.LossRestarted, cache.LossServerChanged, cache.LossMarkerGone,
+		cache.LossMarkerOlder, cache.LossDeclaredElsewhere} {
+		_ = m.replayLosses.WithLabelValues(why)
+	}
+	for _, dep := range []string{"redis", "registry"} {
+		for _, to := range []string{"closed", "half-open", "open"} {
+			_ = m.breakerTransitions.WithLabelValues(dep, to)
+		}
+	}
 	m.jwksOK = m.jwksRefreshes.WithLabelValues("ok")
 	m.jwksErr = m.jwksRefreshes.WithLabelValues("error")
 	return m
 }
 
-func (m *helseidMetrics) resolve(outcome, reason string) reasonMetrics {
-	return reasonMetrics{
-		requests: m.requests.WithLabelValues(outcome, reason),
-		duration: m.duration.WithLabelValues(outcome),
-		replay:   reason == "proof_replay",
+// routeMetrics are the decision series of one route.
+type routeMetrics struct {
+	m        *helseidMetrics
+	route    string
+	byReason map[string]map[string]reasonMetrics // outcome -> reason -> series; read-only once built
+}
+
+// forRoute returns the decision series of route, creating every (outcome,
+// reason) series of it the first time: a route's series all show from its
+// first config load, at 0. The routes are the config's names, so the set is
+// bounded by the config; a route dropped by a reload keeps its series (at
+// their last values) until the process ends, as counters should.
+func (m *helseidMetrics) forRoute(route string) *routeMetrics {
+	m.routesMu.Lock()
+	defer m.routesMu.Unlock()
+	if rm, ok := m.routes[route]; ok {
+		return rm
 	}
+	rm := &routeMetrics{m: m, route: route,
+		byReason: map[string]map[string]reasonMetrics{outcomeAllow: {}, outcomeDeny: {}, outcomeError: {}}}
+	resolve := func(outcome, reason string) reasonMetrics {
+		return reasonMetrics{
+			requests: m.requests.WithLabelValues(outcome, reason, route),
+			duration: m.duration.WithLabelValues(outcome, route),
+			replay:   reason == "proof_replay",
+		}
+	}
+	for _, o := range []string{outcomeAllow, outcomeDeny, outcomeError} {
+		_ = m.duration.WithLabelValues(o, route)
+	}
+	for _, r := range authz.AllowReasons() {
+		rm.byReason[outcomeAllow][r.Code] = resolve(outcomeAllow, r.Code)
+	}
+	for _, r := range authz.DenialReasons() {
+		o := outcomeOf(r.Kind)
+		rm.byReason[o][r.Code] = resolve(o, r.Code)
+	}
+	m.routes[route] = rm
+	return rm
 }
 
 // collectors lists what register puts in a registry.
 func (m *helseidMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.requests, m.duration, m.membership, m.registryCalls, m.jwksRefreshes, m.replays,
-		m.replayFallbacks, m.replayLosses, m.invalidations, m.breakerTransitions, m.breakerState,
+		m.replayFallbacks, m.replayLosses, m.invalidations, m.breakerTransitions, m.breakerState, m.jwksState,
 	}
 }
 
@@ -196,19 +246,20 @@ func registerMetrics(reg *prometheus.Registry) error {
 	return nil
 }
 
-// decided counts one decision. reason is a code of the closed list; a code
-// outside it (a bug) is still counted, through the slower labelled path.
-func (m *helseidMetrics) decided(outcome, reason string, elapsed time.Duration) {
-	rm, ok := m.byReason[outcome][reason]
+// decided counts one decision of the route. reason is a code of the closed
+// list; a code outside it (a bug) is still counted, through the slower
+// labelled path.
+func (r *routeMetrics) decided(outcome, reason string, elapsed time.Duration) {
+	rm, ok := r.byReason[outcome][reason]
 	if !ok {
-		m.requests.WithLabelValues(outcome, reason).Inc()
-		m.duration.WithLabelValues(outcome).Observe(elapsed.Seconds())
+		r.m.requests.WithLabelValues(outcome, reason, r.route).Inc()
+		r.m.duration.WithLabelValues(outcome, r.route).Observe(elapsed.Seconds())
 		return
 	}
 	rm.requests.Inc()
 	rm.duration.Observe(elapsed.Seconds())
 	if rm.replay {
-		m.replays.Inc()
+		r.m.replays.Inc()
 	}
 }
 
@@ -263,6 +314,52 @@ func (c *breakerCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, v := range worst {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, name)
 	}
+}
+
+// jwksCollector reports the key sets' state at scrape time, over the live
+// issuer key sources, without an issuer label (an issuer URL is no label):
+// the health report names the issuer.
+type jwksCollector struct {
+	age, failing *prometheus.Desc
+}
+
+func (c *jwksCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.age
+	ch <- c.failing
+}
+
+func (c *jwksCollector) Collect(ch chan<- prometheus.Metric) {
+	keys := liveKeys.list()
+	if len(keys) == 0 {
+		return
+	}
+	sts := make([]authz.KeyStatus, len(keys))
+	for i, k := range keys {
+		sts[i] = k.Status()
+	}
+	age, fetched, failing := jwksGauges(sts, time.Now())
+	if fetched {
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
+	}
+	ch <- prometheus.MustNewConstMetric(c.failing, prometheus.GaugeValue, float64(failing))
+}
+
+// jwksGauges is the age in seconds of the oldest key set fetched (fetched
+// false: none was) and the number of issuers whose last fetch failed.
+func jwksGauges(sts []authz.KeyStatus, now time.Time) (age float64, fetched bool, failing int) {
+	var oldest time.Time
+	for _, st := range sts {
+		if !st.LastSuccess.IsZero() && (oldest.IsZero() || st.LastSuccess.Before(oldest)) {
+			oldest = st.LastSuccess
+		}
+		if !st.LastFailure.IsZero() && st.LastFailure.After(st.LastSuccess) {
+			failing++
+		}
+	}
+	if oldest.IsZero() {
+		return 0, false, failing
+	}
+	return now.Sub(oldest).Seconds(), true, failing
 }
 
 // breakerStateValue is the gauge value of a breaker state.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -118,6 +119,12 @@ type Handler struct {
 	// no document.
 	ResourceMetadata *ResourceMetadata `json:"resource_metadata,omitempty"`
 
+	// The route label of the handler's metrics (caddy_helseid_requests_total,
+	// caddy_helseid_verification_duration_seconds): a short name of the
+	// protected API, 1 to 64 of a-z A-Z 0-9 _ . -, never a path or anything
+	// per caller. Default: the membership service, else "default".
+	Route string `json:"route,omitempty"`
+
 	// The HelseID environment, "production" or "test"; the Caddyfile's global
 	// option helseid_environment sets it on every handler. Declared, an issuer
 	// or jwks_url on a HelseID host of the other environment is a config
@@ -135,7 +142,7 @@ type Handler struct {
 	poolKeys           []string
 	forward            bool
 	depLog             *logEvery // dead-dependency lines: at most one per 10 s
-	metrics            *helseidMetrics
+	metrics            *routeMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -152,7 +159,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.depLog = &logEvery{interval: 10 * time.Second}
 	h.audit = h.logger.Named("audit")
-	h.metrics = getMetrics()
+	route, err := h.routeLabel()
+	if err != nil {
+		return err
+	}
+	h.metrics = getMetrics().forRoute(route)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("helseid: registering metrics: %w", err)
 	}
@@ -200,6 +211,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.challenge = newChallenges(h.verifier.Config(), h.metadata)
 	return nil
+}
+
+// validRoute is what a route label may be: a config's name for an API, short
+// and from a closed alphabet, so that no path or per-caller value fits.
+var validRoute = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// routeLabel is the route label of the handler's metrics: Route, else the
+// membership service, else defaultRoute.
+func (h *Handler) routeLabel() (string, error) {
+	route := h.Route
+	if route == "" && h.Membership != nil {
+		route = h.Membership.Service
+	}
+	if route == "" {
+		return defaultRoute, nil
+	}
+	if !validRoute.MatchString(route) {
+		return "", fmt.Errorf("helseid: route %q must be 1 to 64 of a-z A-Z 0-9 _ . - (name it with route <name>)", route)
+	}
+	return route, nil
 }
 
 // Validate checks the configuration after Provision. It only reads.

@@ -431,8 +431,11 @@ func TestMetricsRegistration(t *testing.T) {
 				t.Errorf("%s not gathered", n)
 			}
 		}
-		if want := len(authz.AllowReasons()) + len(authz.DenialReasons()); names["caddy_helseid_requests_total"] != want {
-			t.Errorf("requests_total has %d series, want one per reason (%d)", names["caddy_helseid_requests_total"], want)
+		// One series per reason and route: the default route's at least,
+		// and those of the routes other tests of this process provisioned.
+		perRoute := len(authz.AllowReasons()) + len(authz.DenialReasons())
+		if n := names["caddy_helseid_requests_total"]; n < perRoute || n%perRoute != 0 {
+			t.Errorf("requests_total has %d series, want one per reason (%d) and route", n, perRoute)
 		}
 	}
 }
@@ -440,10 +443,11 @@ func TestMetricsRegistration(t *testing.T) {
 // Counting a decision, a cache result or a registry call allocates nothing.
 func TestMetricsNoAllocations(t *testing.T) {
 	m := getMetrics()
+	r := m.forRoute("kjernejournal")
 	for name, fn := range map[string]func(){
-		"allow":      func() { m.decided(outcomeAllow, authz.ReasonMember, time.Millisecond) },
-		"deny":       func() { m.decided(outcomeDeny, "proof_replay", time.Millisecond) },
-		"error":      func() { m.decided(outcomeError, authz.ReasonUnavailable, time.Millisecond) },
+		"allow":      func() { r.decided(outcomeAllow, authz.ReasonMember, time.Millisecond) },
+		"deny":       func() { r.decided(outcomeDeny, "proof_replay", time.Millisecond) },
+		"error":      func() { r.decided(outcomeError, authz.ReasonUnavailable, time.Millisecond) },
 		"membership": func() { m.membershipResult(cache.TierLocal, cache.ResultHit) },
 		"registry":   func() { m.registryCall("ok") },
 		"jwks":       func() { m.jwksRefresh(true) },
@@ -454,12 +458,90 @@ func TestMetricsNoAllocations(t *testing.T) {
 	}
 }
 
+// The route label: the route name, else the membership service, else
+// "default"; never anything outside the closed alphabet.
+func TestMetricsRouteLabel(t *testing.T) {
+	for _, tc := range []struct {
+		name, route, service, want, err string
+	}{
+		{"neither", "", "", "default", ""},
+		{"membership service", "", "kjernejournal", "kjernejournal", ""},
+		{"route over service", "pjd", "kjernejournal", "pjd", ""},
+		{"route alone", "kj.v2_read-only", "", "kj.v2_read-only", ""},
+		{"a path", "/kjernejournal/api", "", "", "must be 1 to 64"},
+		{"a service that is no label", "", "kjerne journal", "", "name it with route"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Handler{Route: tc.route}
+			if tc.service != "" {
+				h.Membership = &MembershipConfig{Service: tc.service}
+			}
+			got, err := h.routeLabel()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("routeLabel() = %q, %v; want an error with %q", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("routeLabel() = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestJWKSGauges(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	for _, tc := range []struct {
+		name        string
+		sts         []authz.KeyStatus
+		age         float64
+		fetched     bool
+		wantFailing int
+	}{
+		{"nothing fetched yet", []authz.KeyStatus{{}}, 0, false, 0},
+		{"first fetch failed", []authz.KeyStatus{{LastFailure: ago(time.Second)}}, 0, false, 1},
+		{"fresh", []authz.KeyStatus{{LastSuccess: ago(time.Minute)}}, 60, true, 0},
+		{"failed after a success", []authz.KeyStatus{{LastSuccess: ago(time.Hour), LastFailure: ago(time.Minute)}}, 3600, true, 1},
+		{"recovered", []authz.KeyStatus{{LastSuccess: ago(time.Minute), LastFailure: ago(time.Hour)}}, 60, true, 0},
+		{"the oldest of two", []authz.KeyStatus{{LastSuccess: ago(time.Minute)}, {LastSuccess: ago(2 * time.Hour)}}, 7200, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			age, fetched, failing := jwksGauges(tc.sts, now)
+			if age != tc.age || fetched != tc.fetched || failing != tc.wantFailing {
+				t.Fatalf("jwksGauges = %v, %v, %d; want %v, %v, %d", age, fetched, failing, tc.age, tc.fetched, tc.wantFailing)
+			}
+		})
+	}
+}
+
+// Two routes count apart: a decision on one moves its series only.
+func TestMetricsRoutesApart(t *testing.T) {
+	m := getMetrics()
+	a, b := m.forRoute("route-a"), m.forRoute("route-b")
+	if m.forRoute("route-a") != a {
+		t.Fatal("forRoute made a second set for one route")
+	}
+	count := func(route string) float64 {
+		return testutil.ToFloat64(m.requests.WithLabelValues(outcomeDeny, "no_credentials", route))
+	}
+	a0, b0 := count("route-a"), count("route-b")
+	a.decided(outcomeDeny, "no_credentials", time.Millisecond)
+	a.decided(outcomeDeny, "no_credentials", time.Millisecond)
+	b.decided(outcomeDeny, "no_credentials", time.Millisecond)
+	if da, db := count("route-a")-a0, count("route-b")-b0; da != 2 || db != 1 {
+		t.Fatalf("route-a went up by %v, route-b by %v; want 2 and 1", da, db)
+	}
+}
+
 func TestServeHTTPMetrics(t *testing.T) {
 	f := newHandlerFixture(t, withMembership(t))
 	observe(f.h)
 	m := getMetrics()
 	count := func(outcome, reason string) float64 {
-		return testutil.ToFloat64(m.requests.WithLabelValues(outcome, reason))
+		// The route label is the membership service: the fixture names no route.
+		return testutil.ToFloat64(m.requests.WithLabelValues(outcome, reason, testService))
 	}
 	before := map[string]float64{
 		"allow/member":    count("allow", "member"),
