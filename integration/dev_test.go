@@ -174,7 +174,7 @@ func (d *devProcess) adminGet(t *testing.T, path string) []byte {
 }
 
 // TestDevAndCall runs `helsegate dev` and drives it with `helsegate call`
-// through every scenario of `make demo`, asserting the statuses of SPEC §4
+// through every scenario of `make demo`, asserting the status and error code of each denial class
 // and call's exit status, then runs scripts/demo itself against it.
 func TestDevAndCall(t *testing.T) {
 	token := "dev-registry-" + randHex(12)
