@@ -69,7 +69,7 @@ func (o *devOutput) String() string {
 // devProcess is a running `helsegate dev`.
 type devProcess struct {
 	gwPort string
-	base   string // the Kjernejournal route, as README and make demo call it
+	base   string // the Kjernejournal route, as the README's tour and make demo call it
 	issuer string // the HelseID simulator
 	admin  string // host:port of the admin endpoint
 	out    *devOutput
