@@ -2,9 +2,8 @@
 // RFC 9449) and applies the gateway's token policy. It has no Caddy import: the
 // whole verification story can be read here, and tested with an injected clock.
 //
-// The order of the checks follows SPEC §3 (and reference/helseid.md §5):
-// request framing, access token, DPoP proof, token kind and user policy,
-// membership. The first failing check stops the request with an *Error that
+// The checks run in this order: request framing, access token, DPoP proof,
+// token kind and user policy, the trust-framework attest, membership. The first failing check stops the request with an *Error that
 // says which class of failure it is (Kind) and why (Reason).
 package authz
 

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// HelseID claim names (reference/helseid.md §1.3).
+// HelseID claim names, as HelseID's access tokens carry them.
 const (
 	ClaimPID            = "helseid://claims/identity/pid"
 	ClaimSecurityLevel  = "helseid://claims/identity/security_level"

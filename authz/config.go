@@ -10,7 +10,7 @@ import (
 )
 
 // DefaultAlgorithms are the asymmetric JWS algorithms HelseID advertises for
-// access tokens and DPoP proofs (reference/helseid.md §1.1, §2.3).
+// access tokens and DPoP proofs (its discovery document's signing algorithms).
 var DefaultAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 
 // DefaultTokenTypes are the accepted access-token typ values (RFC 9068 §2.1 and

@@ -3,7 +3,7 @@ package authz
 import "fmt"
 
 // Kind is the class of a denial. It decides the HTTP status and the
-// WWW-Authenticate challenge (SPEC §4); the caller maps it, authz does not
+// WWW-Authenticate challenge; the caller maps it, authz does not
 // know about HTTP responses.
 type Kind int
 

@@ -29,7 +29,8 @@ var ErrUnknownKey = errors.New("no key with that kid in the issuer's key set")
 // Rate limits of IssuerKeys.
 const (
 	// UnknownKidRefreshInterval: an unknown kid refreshes the key set at most
-	// once per this interval per issuer (SPEC §3).
+	// once per this interval per issuer, so random kids cannot multiply
+	// fetches.
 	UnknownKidRefreshInterval = 30 * time.Second
 	// retryAfterFailure: after a failed first fetch, requests fail fast for
 	// this long instead of each trying the issuer again.

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Membership answers SPEC §5's question: is organization org authorized for
+// Membership answers the membership question: is organization org authorized for
 // service at the time of asking? Implementations are the registry sources
 // (HTTP, file) and the caching decorators in package cache, which wrap a
 // Membership and are one themselves.

@@ -16,7 +16,8 @@ import (
 // reason a denial can carry (the second argument of every deny and denyErr
 // call) is in DenialReasons with the same Kind, and that every entry of
 // DenialReasons is used: a new reason cannot slip in undocumented, and the
-// README's list (checked against DenialReasons in caddymodule) stays whole.
+// list of docs/checks-and-responses.md (checked against DenialReasons in
+// caddymodule) stays whole.
 func TestReasonsClosedList(t *testing.T) {
 	fset := token.NewFileSet()
 	names, err := filepath.Glob("*.go")
@@ -134,7 +135,7 @@ func TestReasonsClosedList(t *testing.T) {
 				k, ok := documented[r]
 				switch {
 				case !ok:
-					t.Errorf("%s: reason %q is not in DenialReasons (authz/reasons.go) nor in the README's Operations section", pos, r)
+					t.Errorf("%s: reason %q is not in DenialReasons (authz/reasons.go) nor in docs/checks-and-responses.md, \"Reason codes\"", pos, r)
 				case k != kind:
 					t.Errorf("%s: reason %q comes with kind %s here but DenialReasons says %d", pos, r, kindIdent.Name, k)
 				}

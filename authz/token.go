@@ -34,7 +34,7 @@ type verifiedToken struct {
 }
 
 // verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725
-// (SPEC §3.2), using the verified-token cache for the signature. cached
+// (the second step of the checks), using the verified-token cache for the signature. cached
 // reports whether the signature check came from that cache.
 func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
 	sum := sha256.Sum256(readOnlyBytes(token))

@@ -283,7 +283,8 @@ func (v *Verifier) expectedHTU(r Request) (expectedHTU, error) {
 	return newExpectedHTU(scheme, host, path)
 }
 
-// checkPolicy applies token_kind, min_security_level and require_hpr (SPEC §3.4).
+// checkPolicy applies token_kind, min_security_level and require_hpr, after
+// the proof and before the attest and the membership.
 func (v *Verifier) checkPolicy(p *Principal) *Error {
 	switch v.cfg.TokenKind {
 	case KindUser:

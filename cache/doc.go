@@ -5,7 +5,7 @@
 //
 // It implements the small interfaces that package authz defines and never
 // imports Caddy, so everything here is tested with plain Go, an injected
-// clock and a real Redis (SPEC §1, §7).
+// clock and a real Redis.
 //
 // Nothing in this package dials in a constructor: Redis clients connect on
 // first use, so `caddy validate` never touches the network.

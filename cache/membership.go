@@ -42,7 +42,8 @@ const (
 var _ authz.Membership = (*CachedMembership)(nil)
 
 // MembershipCacheOptions configures NewCachedMembership. The zero value is a
-// local-only cache with the defaults of SPEC §5.
+// local-only cache with the membership block's defaults (cache_ttl 5m,
+// negative_ttl 1m, stale_for 1h, timeout 2s).
 type MembershipCacheOptions struct {
 	// PositiveTTL is how long an answer that authorizes (Answer.Decide at
 	// its FetchedAt) is served without asking again. Default 5m.
@@ -111,7 +112,7 @@ func MembershipFetchTimeout(registryTimeout, redisTimeout time.Duration) time.Du
 
 // CachedMembership is an authz.Membership that caches the answers of another
 // (the registry) in an in-process tier and, optionally, a Redis tier shared
-// by every replica (SPEC §5, §7).
+// by every replica.
 //
 // A lookup is answered by the first tier holding a fresh answer: in-process,
 // then Redis (the answer is then kept in-process), then the registry, asked

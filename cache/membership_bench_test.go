@@ -74,7 +74,7 @@ func BenchmarkRedisHit(b *testing.B) {
 
 // BenchmarkMembershipCheckLocalHit is the whole membership check of a
 // request as the handler runs it (org number validation, the cache's warm
-// in-process hit, the decision): SPEC's goal is under a microsecond and no
+// in-process hit, the decision): the goal is under a microsecond and no
 // allocation.
 func BenchmarkMembershipCheckLocalHit(b *testing.B) {
 	check, p := warmMembershipCheck(b)

@@ -14,7 +14,7 @@ import (
 	"github.com/helsegate/helsegate/authz"
 )
 
-// The membership keys under the prefix (SPEC §7). Entries live under a
+// The membership keys under the prefix, each with a TTL. Entries live under a
 // generation, a counter that a wildcard invalidation increments: Redis
 // Cluster offers no way to delete "every key of a service" (no KEYS, no
 // multi-slot DEL), so such an invalidation moves every replica to a new

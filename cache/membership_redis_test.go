@@ -236,7 +236,7 @@ func TestMembershipSingleflightRedis(t *testing.T) {
 	}
 }
 
-// SPEC §7: every key with a TTL. The generation gets one when it is
+// Every key the gateway writes to Redis has a TTL. The generation gets one when it is
 // incremented, and every entry written under it renews it, in the entry's
 // pipeline, with single-key commands only (Redis Cluster).
 func TestMembershipRedisGenerationTTL(t *testing.T) {

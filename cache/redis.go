@@ -30,7 +30,7 @@ const (
 )
 
 // RedisConfig says how to reach the shared Redis: a single server, a Sentinel
-// group or a Cluster (SPEC §7). Set either URL or Addrs.
+// group or a Cluster. Set either URL or Addrs.
 type RedisConfig struct {
 	// URL of a single server: redis://[user:password@]host[:port][/db] or
 	// rediss://… for TLS. go-redis query options (dial_timeout=…) are honored.

@@ -102,7 +102,7 @@ type Handler struct {
 	// Accepted purpose_of_use codes. Default: TREAT ETREAT COC BTG.
 	Purposes []string `json:"purposes,omitempty"`
 
-	// Organization authorization against the membership registry (SPEC §5).
+	// Organization authorization against the membership registry.
 	Membership *MembershipConfig `json:"membership,omitempty"`
 
 	// Shared store for replay protection. Absent: an in-process store (one
@@ -348,7 +348,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.metadata != nil && h.metadata.answers(orig) {
 		return h.metadata.serve(w, r)
 	}
-	// Inbound copies of the identity headers never reach the upstream (SPEC §6).
+	// Inbound copies of the identity headers never reach the upstream.
 	stripIdentityHeaders(r.Header)
 
 	// The context is the current request's: with Caddy's tracing on it

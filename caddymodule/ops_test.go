@@ -350,18 +350,25 @@ func TestAuditServeHTTP(t *testing.T) {
 	}
 }
 
-// TestOperationsDocListsEveryReason compares the README's reason codes
-// (Operations section) with the closed list of authz, including the outcome
-// and the status of each.
+// reasonsDoc is the page that documents every reason code, in its section
+// reasonsSection.
+const (
+	reasonsDoc     = "../docs/checks-and-responses.md"
+	reasonsSection = "\n## Reason codes"
+)
+
+// TestOperationsDocListsEveryReason compares the reason codes of
+// docs/checks-and-responses.md (section "Reason codes") with the closed list
+// of authz, including the outcome and the status of each.
 func TestOperationsDocListsEveryReason(t *testing.T) {
-	b, err := os.ReadFile("../README.md")
+	b, err := os.ReadFile(reasonsDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	doc := string(b)
-	i := strings.Index(doc, "\n## Operations")
+	i := strings.Index(doc, reasonsSection)
 	if i < 0 {
-		t.Fatal("README.md has no Operations section")
+		t.Fatalf("%s has no section %q", reasonsDoc, reasonsSection[1:])
 	}
 	doc = doc[i+1:]
 	if j := strings.Index(doc[3:], "\n## "); j >= 0 {
@@ -371,7 +378,7 @@ func TestOperationsDocListsEveryReason(t *testing.T) {
 	documented := map[string][]string{}
 	for _, m := range row.FindAllStringSubmatch(doc, -1) {
 		if _, dup := documented[m[1]]; dup {
-			t.Errorf("README lists %q twice", m[1])
+			t.Errorf("%s lists %q twice", reasonsDoc, m[1])
 		}
 		documented[m[1]] = m[2:]
 	}
@@ -390,7 +397,7 @@ func TestOperationsDocListsEveryReason(t *testing.T) {
 			continue
 		}
 		if d[0] != w[0] || d[1] != w[1] {
-			t.Errorf("README: %s is %s %s, the code says %s %s", code, d[0], d[1], w[0], w[1])
+			t.Errorf("%s: %s is %s %s, the code says %s %s", reasonsDoc, code, d[0], d[1], w[0], w[1])
 		}
 	}
 	for code := range documented {
@@ -401,7 +408,7 @@ func TestOperationsDocListsEveryReason(t *testing.T) {
 	sort.Strings(missing)
 	sort.Strings(extra)
 	if len(missing) > 0 || len(extra) > 0 {
-		t.Errorf("README's reason codes differ from authz.AllowReasons+DenialReasons: missing %q, not in the code %q", missing, extra)
+		t.Errorf("the reason codes of %s differ from authz.AllowReasons+DenialReasons: missing %q, not in the code %q", reasonsDoc, missing, extra)
 	}
 }
 

@@ -39,7 +39,8 @@ func newChallenges(cfg authz.Config, md *resourceMetadata) challenges {
 }
 
 // errorCode is the error code of a denial: the OAuth one (RFC 6750 §3.1,
-// RFC 9449 §7.1, §9) or SPEC §4's not_member and registry_unavailable.
+// RFC 9449 §7.1, §9) or the gateway's own not_member and
+// registry_unavailable.
 func errorCode(derr *authz.Error) string {
 	switch derr.Kind {
 	case authz.InvalidRequest:
@@ -64,7 +65,8 @@ func errorCode(derr *authz.Error) string {
 	}
 }
 
-// status is the HTTP status of a denial kind (SPEC §4).
+// status is the HTTP status of a denial kind: 400 malformed request, 401
+// token, proof or nonce, 403 policy or membership, 503 a dependency.
 func status(k authz.Kind) int {
 	switch k {
 	case authz.InvalidRequest:

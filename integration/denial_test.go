@@ -15,7 +15,7 @@ import (
 // A test national identity number and HPR number for user tokens.
 const testPID, testHPR = "17056600574", "565501872"
 
-// SPEC §4: every denial class with its status, challenge and problem body.
+// Every denial class with its status, challenge and problem body.
 func TestDenials(t *testing.T) {
 	g := sharedGateway(t)
 	c := newCaller(t, sharedSim)

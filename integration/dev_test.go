@@ -69,7 +69,7 @@ func (o *devOutput) String() string {
 // devProcess is a running `helsegate dev`.
 type devProcess struct {
 	gwPort string
-	base   string // the Kjernejournal route, as README and make demo call it
+	base   string // the Kjernejournal route, as the README's tour and make demo call it
 	issuer string // the HelseID simulator
 	admin  string // host:port of the admin endpoint
 	out    *devOutput
@@ -174,7 +174,7 @@ func (d *devProcess) adminGet(t *testing.T, path string) []byte {
 }
 
 // TestDevAndCall runs `helsegate dev` and drives it with `helsegate call`
-// through every scenario of `make demo`, asserting the statuses of SPEC §4
+// through every scenario of `make demo`, asserting the status and error code of each denial class
 // and call's exit status, then runs scripts/demo itself against it.
 func TestDevAndCall(t *testing.T) {
 	token := "dev-registry-" + randHex(12)

@@ -39,7 +39,8 @@ func expectIdentity(t *testing.T, h http.Header, want map[string]string) {
 	}
 }
 
-// SPEC §6: what the upstream receives.
+// What the upstream receives: the verified identity in X-Helseid-* headers,
+// never the pid.
 func TestUpstreamHeaders(t *testing.T) {
 	g := sharedGateway(t)
 	c := newCaller(t, sharedSim)
@@ -108,7 +109,7 @@ func TestUpstreamHeaders(t *testing.T) {
 				}
 			}
 		}
-		// The audit entry must not hold the pid either (SPEC §8).
+		// The audit entry must not hold the pid either: no log carries it.
 		for _, e := range g.logEntries() {
 			for k, v := range e {
 				if s, ok := v.(string); ok && strings.Contains(s, pid) {
@@ -150,7 +151,7 @@ func TestUpstreamHeaders(t *testing.T) {
 	})
 }
 
-// SPEC §6: inbound X-Helseid-* headers, in any spelling, never reach the upstream.
+// Inbound X-Helseid-* headers, in any spelling, never reach the upstream.
 func TestSpoofedIdentityHeaders(t *testing.T) {
 	g := sharedGateway(t)
 	c := newCaller(t, sharedSim)

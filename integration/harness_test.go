@@ -464,7 +464,7 @@ func mainSites(issuer, up string) siteFunc {
 			route("/nonce/* ", "handle", "dpop_nonce "+nonceSecret) +
 			route("/user/* ", "handle", "token_kind user", "min_security_level 4", "require_hpr") +
 			route("/machine/* ", "handle", "token_kind machine") +
-			// The default route also passes two placeholders upstream (SPEC §6).
+			// The default route also passes two placeholders upstream.
 			strings.Replace(route("", "handle"), "reverse_proxy "+up+"\n",
 				"reverse_proxy "+up+" {\n\t\theader_up X-Test-User-Id {http.auth.user.id}\n\t\theader_up X-Test-Jkt {http.auth.user.jkt}\n\t}\n", 1)
 		site1 := helseid(issuer) + "reverse_proxy " + up + "\n" +

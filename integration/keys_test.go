@@ -21,7 +21,7 @@ func privateSim(t *testing.T) *helseidsim.Server {
 	return sim
 }
 
-// SPEC §3 JWKS: a new signing key is picked up without a restart; unknown
+// JWKS: a new signing key is picked up without a restart; unknown
 // kids refresh the key set at most once per 30 s.
 func TestSigningKeyRotation(t *testing.T) {
 	sim := privateSim(t)
@@ -75,7 +75,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	})
 }
 
-// SPEC §3 JWKS: during an issuer outage the last good key set keeps serving.
+// JWKS: during an issuer outage the last good key set keeps serving.
 func TestIssuerOutage(t *testing.T) {
 	sim := privateSim(t)
 	up := newUpstream(t)

@@ -104,7 +104,7 @@ func (c *caller) asOrg(t *testing.T, url, org string) (reply, string) {
 	return c.doSpec(t, "GET", url, helseidsim.TokenSpec{OrgParent: org})
 }
 
-// expectNotMember checks SPEC §4's 403 for an unauthorized organization: no
+// expectNotMember checks the 403 not_member answer for an unauthorized organization: no
 // challenge, error not_member, and the audit reason.
 func expectNotMember(t *testing.T, g *gateway, r reply, tok, org, reason string) {
 	t.Helper()
@@ -116,7 +116,7 @@ func expectNotMember(t *testing.T, g *gateway, r reply, tok, org, reason string)
 	}
 }
 
-// expectUnavailable checks SPEC §4's 503 for an unknown membership with the
+// expectUnavailable checks the 503 registry_unavailable answer for an unknown membership with the
 // registry unreachable.
 func expectUnavailable(t *testing.T, g *gateway, r reply, tok, org, reason string) {
 	t.Helper()
@@ -297,7 +297,7 @@ func (p *tcpProxy) Close() {
 // ---------------------------------------------------------------------------
 // Tests
 
-// SPEC §4, §5, §6: the decisions of the membership check.
+// The decisions of the membership check: statuses, headers upstream, audit.
 func TestMembershipDecisions(t *testing.T) {
 	_, prefix := needRedis(t)
 	const regToken = "registry-token-0123456789"
@@ -434,7 +434,7 @@ func TestMembershipDecisions(t *testing.T) {
 	})
 }
 
-// SPEC §5: while the registry fails, a last-known decision is served (by any
+// While the registry fails, a last-known decision is served (by any
 // replica sharing Redis); with none, 503 registry_unavailable. A registry
 // refusing our credentials is a configuration error: 503, never masked.
 func TestMembershipRegistryDown(t *testing.T) {
@@ -536,7 +536,7 @@ func TestMembershipRegistryDown(t *testing.T) {
 	})
 }
 
-// SPEC §5: a circuit breaker around the registry, so that a dead registry
+// A circuit breaker around the registry, so that a dead registry
 // costs microseconds, not a timeout per request.
 func TestMembershipBreaker(t *testing.T) {
 	_, prefix := needRedis(t)
@@ -628,7 +628,7 @@ func TestMembershipBreaker(t *testing.T) {
 	t.Logf("fastest request with the breaker open: %s", fastest)
 }
 
-// SPEC §5, §7: with Redis dead mid-run, membership still works from the
+// With Redis dead mid-run, membership still works from the
 // in-process tier and the registry.
 func TestMembershipRedisDown(t *testing.T) {
 	rc, prefix := needRedis(t)
@@ -724,7 +724,7 @@ func TestMembershipRedisDown(t *testing.T) {
 	})
 }
 
-// SPEC §5, §7: replicas share the Redis tier, and an invalidation published
+// Replicas share the Redis tier, and an invalidation published
 // by one's admin endpoint reaches every replica within a second.
 func TestMembershipSharedAndInvalidation(t *testing.T) {
 	_, prefix := needRedis(t)
@@ -782,7 +782,7 @@ func TestMembershipSharedAndInvalidation(t *testing.T) {
 	})
 }
 
-// SPEC §5: the file source is reloaded when the file changes, and a bad file
+// The file source is reloaded when the file changes, and a bad file
 // keeps the last good one. With the default cache_ttl a change shows at the
 // next poll: a reload evicts the in-process tier, and a file source has no
 // Redis tier in front of it (a file is per-replica configuration), even with
@@ -874,7 +874,7 @@ func TestMembershipFile(t *testing.T) {
 	})
 }
 
-// SPEC §2, §5: validate refuses a membership file with an invalid org number
+// Validate refuses a membership file with an invalid org number
 // and a membership block without a source, naming the file and line.
 func TestMembershipValidate(t *testing.T) {
 	dir := t.TempDir()

@@ -11,7 +11,7 @@ import (
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
 
-// SPEC §8: after a mix of allowed and denied requests, Caddy's metrics
+// After a mix of allowed and denied requests, Caddy's metrics
 // endpoint shows caddy_helseid_requests_total by outcome and reason with the
 // exact deltas, and the other helsegate metrics move with them.
 func TestMetricsByOutcomeAndReason(t *testing.T) {

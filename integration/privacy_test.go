@@ -13,7 +13,8 @@ import (
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
 
-// SPEC §8: requests whose tokens carry a pid and an HPR number, allowed and
+// No personal data in logs, metrics or spans. Requests whose tokens carry a
+// pid and an HPR number, allowed and
 // denied, through Caddy with its access log, error routes and tracing on
 // (spans exported to stdout). The pid must appear in no log line (access,
 // audit, error), no metric and no span attribute; the HPR number in the

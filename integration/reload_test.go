@@ -78,7 +78,7 @@ func profileSummary(profile string) string {
 	return strings.Join(out, "\n")
 }
 
-// SPEC §3, §7: config reloads leak no goroutines, and the replay store and
+// Config reloads leak no goroutines, and the replay store and
 // the issuer keys survive them.
 func TestReloadLeavesNoGoroutines(t *testing.T) {
 	t.Run("in-process store", func(t *testing.T) { testReloads(t, "") })

@@ -11,7 +11,7 @@ import (
 	"github.com/helsegate/helsegate/integration/helseidsim"
 )
 
-// SPEC §3.3: htu is judged against the ORIGINAL request URI, before Caddy
+// htu is judged against the ORIGINAL request URI, before Caddy
 // rewrites it (handle_path strips /kj).
 func TestHTUAgainstOriginalURI(t *testing.T) {
 	g := sharedGateway(t)
@@ -47,7 +47,7 @@ func TestHTUAgainstOriginalURI(t *testing.T) {
 	})
 }
 
-// SPEC §3.3, §7: a proof is accepted once, across every replica sharing Redis
+// A proof is accepted once, across every replica sharing Redis
 // and, without Redis, within one process.
 func TestReplay(t *testing.T) {
 	t.Run("second gateway sharing Redis", func(t *testing.T) {

@@ -40,7 +40,7 @@ func lineOf(content, s string) int {
 	return 0
 }
 
-// SPEC §2: config errors name the file and the line; validate does no network I/O.
+// Config errors name the file and the line; validate does no network I/O.
 func TestValidate(t *testing.T) {
 	dir := t.TempDir()
 	// Nothing answers on these: an issuer that cannot resolve and a Redis

@@ -1,4 +1,4 @@
-// Package registry holds the two membership sources of SPEC §5, both
+// Package registry holds the two membership sources (HTTP, file), both
 // implementations of authz.Membership:
 //
 //   - HTTP asks a registry that speaks the gateway's HTTP contract v1

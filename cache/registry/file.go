@@ -42,7 +42,7 @@ func WithOnReload(fn func()) FileOption {
 	return func(f *File) { f.onReload = fn }
 }
 
-// File is the file source of SPEC §5: the authorizations of a JSON document
+// File is the membership file source: the authorizations of a JSON document
 // {"authorizations":[...]}, held in memory. Lookup is a map lookup; an
 // (service, org) absent from the file is a definite no. Start polls the file
 // and reloads it when it changes; a file that no longer parses or validates

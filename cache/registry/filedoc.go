@@ -18,7 +18,8 @@ const maxFile = 64 << 20
 // key identifies one authorization: the service, and the organization.
 type key struct{ service, org string }
 
-// fileDoc is the file format of SPEC §5: {"authorizations":[...]}.
+// fileDoc is the members file format: {"authorizations":[...]}, each the
+// object of the HTTP contract v1.
 type fileDoc struct {
 	Authorizations *[]authz.Authorization `json:"authorizations"`
 }

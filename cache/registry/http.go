@@ -76,7 +76,7 @@ const (
 	CallCanceled    = "canceled"     // the caller went away first
 )
 
-// HTTP is the registry source of SPEC §5: it asks the registry over HTTP
+// HTTP is the membership registry source: it asks the registry over HTTP
 // contract v1 on every Lookup. 200 is the record, 404 a definite no; 401/403
 // fail with authz.ErrRegistryConfig and do not count against the breaker;
 // everything else (timeout, connection error, 429, 5xx, other 4xx, a body
@@ -175,8 +175,8 @@ func defaultClient() *http.Client {
 }
 
 // Lookup asks the registry whether org is authorized for service. An org that
-// is not a valid organization number is a definite no without a call (SPEC
-// §5: an invalid number never reaches the registry).
+// is not a valid organization number is a definite no without a call (an
+// invalid number never reaches the registry).
 func (h *HTTP) Lookup(ctx context.Context, service, org string) (authz.Answer, error) {
 	if service == "" || service == "." || service == ".." {
 		return authz.Answer{}, fmt.Errorf("%w: invalid service name %q", authz.ErrRegistryConfig, service)

@@ -21,7 +21,7 @@ import (
 // LookupPattern is the route of contract v1, as a net/http pattern.
 const LookupPattern = "GET /v1/organizations/{orgnr}/services/{service}"
 
-// Document is the members file format of SPEC §5: the same objects as the
+// Document is the members file format: the same objects as the
 // 200 body of contract v1.
 type Document struct {
 	Authorizations []authz.Authorization `json:"authorizations"`

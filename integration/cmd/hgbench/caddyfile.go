@@ -46,7 +46,7 @@ type gatewaySite struct {
 
 // renderCaddyfile returns the Caddyfile of the benchmark: the plain site and
 // the gateway sites, no access log, the audit log to its own file (what a
-// production deployment does, README "Audit log"), and everything else of
+// production deployment does, docs/operations.md, "Audit log"), and everything else of
 // Caddy's at INFO to another file.
 //
 // Sites are addressed by port only ("http://:port", bound to 127.0.0.1), so
