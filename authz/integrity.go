@@ -86,9 +86,11 @@ func unhexPair(x, y byte) byte {
 const accessTokenParam = "access_token"
 
 // HasAccessTokenParam reports whether a query string or a form-encoded body
-// names access_token in any spelling a parser could decode to it: pairs
-// split at "&" or ";", names percent-decoded (invalid escapes kept as they
-// are) and "+" read as a space.
+// names access_token in any spelling a parser could read as it: pairs split
+// at "&" or ";", names percent-decoded (invalid escapes kept as they are),
+// "+" read as a space, ASCII letters in any case (ASP.NET Core reads query
+// and form keys case-insensitively), and ".", " " and "[" taken for "_"
+// (PHP rewrites them so in parameter names).
 func HasAccessTokenParam(raw string) bool {
 	for raw != "" {
 		var pair string
@@ -105,11 +107,9 @@ func HasAccessTokenParam(raw string) bool {
 	return false
 }
 
-// decodesToAccessToken reports whether a form name, decoded, is access_token.
+// decodesToAccessToken reports whether a form name, decoded and folded as
+// HasAccessTokenParam says, is access_token.
 func decodesToAccessToken(name string) bool {
-	if !strings.ContainsAny(name, "%+") {
-		return name == accessTokenParam
-	}
 	j := 0
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -119,6 +119,12 @@ func decodesToAccessToken(name string) bool {
 		case c == '%' && i+2 < len(name) && isHex(name[i+1]) && isHex(name[i+2]):
 			c = unhexPair(name[i+1], name[i+2])
 			i += 2
+		}
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '.' || c == ' ' || c == '[':
+			c = '_'
 		}
 		if j >= len(accessTokenParam) || accessTokenParam[j] != c {
 			return false
@@ -141,6 +147,36 @@ var errFormTooLarge = errors.New("the form body is larger than MaxFormBody")
 // longer form cannot be checked without holding all of it, and is refused.
 // It returns what it read, which the caller sends on in place of the body.
 // Bodies of other media types are never read.
+// FormBody says whether a request's body must be checked as a form by
+// CheckFormBody, from its Content-Type and Content-Encoding headers: a
+// single Content-Type of application/x-www-form-urlencoded (any case, any
+// parameters). A body whose type is ambiguous (several Content-Type
+// headers, or a list, one of them a form: a framework may take any of
+// them) or a form in an encoding (gzip: it cannot be read as a form here)
+// is refused.
+func FormBody(contentTypes []string, contentEncoding string) (bool, *Error) {
+	forms := 0
+	n := 0
+	for _, v := range contentTypes {
+		for ct := range strings.SplitSeq(v, ",") {
+			n++
+			mt, _, _ := strings.Cut(ct, ";")
+			if strings.EqualFold(strings.TrimSpace(mt), "application/x-www-form-urlencoded") {
+				forms++
+			}
+		}
+	}
+	switch {
+	case forms == 0:
+		return false, nil
+	case n > 1:
+		return false, deny(InvalidRequest, "content_type_ambiguous", "the request names more than one content type")
+	case contentEncoding != "" && !strings.EqualFold(strings.TrimSpace(contentEncoding), "identity"):
+		return false, deny(InvalidRequest, "form_body_unreadable", "a form-encoded body must not be content-encoded")
+	}
+	return true, nil
+}
+
 func CheckFormBody(body io.Reader) ([]byte, *Error) {
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(body, MaxFormBody+1))

@@ -31,7 +31,9 @@ func TestHasAccessTokenParam(t *testing.T) {
 		want bool
 	}{
 		{"", false}, {"a=1", false}, {"access=token", false}, {"access_tokens=1", false}, {"x=access_token", false},
-		{"access+token=1", false}, {"access%20token=1", false}, {"access_token%00=1", false}, {"ACCESS_TOKEN=1", false},
+		{"access_token%00=1", false}, {"access-token=1", false}, {"acceſs_token=1", false},
+		{"ACCESS_TOKEN=1", true}, {"Access_Token=1", true}, {"access.token=1", true}, {"access[token=1", true},
+		{"access+token=1", true}, {"access%20token=1", true}, {"ACCESS%2ETOKEN=1", true},
 		{"access_token=1", true}, {"access_token", true}, {"access_token=", true}, {"a=1&access_token=2", true},
 		{"a=1;access_token=2", true}, {"access%5Ftoken=1", true}, {"access%5ftoken=1", true}, {"%61ccess_token=1", true},
 		{"%61%63%63%65%73%73%5F%74%6F%6B%65%6E=1", true}, {"&&access_token", true},
@@ -68,5 +70,33 @@ func TestCheckFormBody(t *testing.T) {
 	}
 	if b, derr := CheckFormBody(strings.NewReader(strings.Repeat("a", MaxFormBody))); derr != nil || len(b) != MaxFormBody {
 		t.Errorf("a form at the limit: %d %v", len(b), derr)
+	}
+}
+
+func TestFormBody(t *testing.T) {
+	for _, tc := range []struct {
+		types    []string
+		encoding string
+		form     bool
+		reason   string
+	}{
+		{nil, "", false, ""},
+		{[]string{"application/json"}, "", false, ""},
+		{[]string{"application/x-www-form-urlencoded"}, "", true, ""},
+		{[]string{"Application/X-WWW-Form-Urlencoded; charset=utf-8"}, "", true, ""},
+		{[]string{"application/x-www-form-urlencoded"}, "identity", true, ""},
+		{[]string{"text/plain", "application/x-www-form-urlencoded"}, "", false, "content_type_ambiguous"},
+		{[]string{"application/x-www-form-urlencoded, text/plain"}, "", false, "content_type_ambiguous"},
+		{[]string{"application/x-www-form-urlencoded"}, "gzip", false, "form_body_unreadable"},
+		{[]string{"text/plain", "application/json"}, "", false, ""},
+	} {
+		form, derr := FormBody(tc.types, tc.encoding)
+		reason := ""
+		if derr != nil {
+			reason = derr.Reason
+		}
+		if form != tc.form || reason != tc.reason {
+			t.Errorf("FormBody(%q, %q) = %v, %q; want %v, %q", tc.types, tc.encoding, form, reason, tc.form, tc.reason)
+		}
 	}
 }

@@ -94,7 +94,8 @@ func DenialReasons() []ReasonInfo {
 		// 5. The body, once the caller is known.
 		{"token_in_body", InvalidRequest, "a form-encoded body carrying an access_token"},
 		{"form_body_too_large", InvalidRequest, "a form-encoded body larger than 1 MiB, which cannot be checked for an access_token"},
-		{"form_body_unreadable", InvalidRequest, "a form-encoded body that could not be read to its end"},
+		{"form_body_unreadable", InvalidRequest, "a form-encoded body that could not be read to its end, or that is content-encoded"},
+		{"content_type_ambiguous", InvalidRequest, "several Content-Type headers, or a list, one of them a form: a framework might read the body as a form"},
 		// 6. Membership.
 		{ReasonNoOrg, NotMember, "the token names no organization number the org rule needs"},
 		{ReasonInvalidOrg, NotMember, "the token's organization number fails the mod-11 check"},

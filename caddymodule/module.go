@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -424,7 +423,15 @@ func tokenInQuery(raw string) bool {
 // (RFC 6750 §2.2), read once the caller is known, and puts what it read back
 // as the body. Other media types are never read.
 func checkFormBody(r *http.Request, p *authz.Principal) *authz.Error {
-	if r.Body == nil || r.Body == http.NoBody || !isFormEncoded(r.Header.Get("Content-Type")) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	form, derr := authz.FormBody(r.Header.Values("Content-Type"), r.Header.Get("Content-Encoding"))
+	if derr != nil {
+		derr.Caller = p
+		return derr
+	}
+	if !form {
 		return nil
 	}
 	buf, derr := authz.CheckFormBody(r.Body)
@@ -434,13 +441,6 @@ func checkFormBody(r *http.Request, p *authz.Principal) *authz.Error {
 	}
 	r.Body = readCloser{bytes.NewReader(buf), r.Body}
 	return nil
-}
-
-// isFormEncoded reports whether a Content-Type is
-// application/x-www-form-urlencoded, in any case, with any parameters.
-func isFormEncoded(ct string) bool {
-	mt, _, _ := strings.Cut(ct, ";")
-	return strings.EqualFold(strings.TrimSpace(mt), "application/x-www-form-urlencoded")
 }
 
 // readCloser reads from r and closes c.
