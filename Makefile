@@ -1,11 +1,14 @@
 # helsegate: Caddy with the helseid handler.
 GO      ?= go
 BIN     := bin/helsegate
+# helsegate's version, printed by `helsegate version` and list-modules.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/helsegate/helsegate/internal/version.version=$(VERSION)
 
 .PHONY: build run demo test bench bench-micro soak fmt vet clean
 
 build:
-	$(GO) build -o $(BIN) ./cmd/helsegate
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/helsegate
 
 # Runs the gateway on Caddyfile.example with a HelseID simulator, a registry
 # simulator and a stand-in upstream, on loopback (no Redis needed).
