@@ -167,6 +167,15 @@ func TestProductionConfigReload(t *testing.T) {
 	serving(t)
 	before := getConfig(t, admin)
 
+	// The image's health check: the binary asks the admin endpoint.
+	if out, err := runBin(t, dir, productionEnv(dir, map[string]string{"HELSEGATE_ADMIN": admin}), "health"); err != nil ||
+		!strings.Contains(out, "200 OK") || !strings.Contains(out, `"status"`) {
+		t.Errorf("helsegate health: %v\n%s", err, out)
+	}
+	if out, err := runBin(t, dir, productionEnv(dir, nil), "health", "--address", mustFreePort()); err == nil {
+		t.Errorf("helsegate health with nothing listening: exit 0\n%s", out)
+	}
+
 	for _, name := range productionVars {
 		t.Run("reload without "+name, func(t *testing.T) {
 			out, err := runBin(t, dir, productionEnv(dir, without(vars, name)),
