@@ -10,7 +10,7 @@ LDFLAGS := -X github.com/helsegate/helsegate/internal/version.version=$(VERSION)
 CGO_ENABLED ?= 0
 export CGO_ENABLED
 
-.PHONY: build image run demo test bench bench-micro soak fmt vet clean
+.PHONY: build image xcaddy run demo test bench bench-micro soak fmt vet clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/helsegate
@@ -36,6 +36,18 @@ image:
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 		$(if $(BASE),--build-arg BASE=$(BASE)) \
 		-t $(IMAGE) bin/image
+
+# Caddy built by xcaddy from this checkout, the way a Caddy user adds a
+# plugin (docs/deploy.md): bin/caddy has Caddy's standard modules and helseid,
+# not dev, call or helsegate version. Needs the Go module proxy; not part of
+# make test.
+XCADDY        ?= $(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5
+CADDY_VERSION ?= v2.11.9
+xcaddy:
+	$(XCADDY) build $(CADDY_VERSION) \
+		--with github.com/helsegate/helsegate/caddymodule \
+		--replace github.com/helsegate/helsegate=$(CURDIR) \
+		--output bin/caddy
 
 # Runs the gateway on Caddyfile.example with a HelseID simulator, a registry
 # simulator and a stand-in upstream, on loopback (no Redis needed).

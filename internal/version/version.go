@@ -40,7 +40,8 @@ func fromBuildInfo(bi *debug.BuildInfo) string {
 		}
 		v := dep.Version
 		if dep.Replace != nil {
-			// xcaddy --with …=./checkout: a replace without a version.
+			// xcaddy --replace github.com/helsegate/helsegate=<checkout>: a
+			// replace without a version.
 			v += " => " + dep.Replace.Path
 			if dep.Replace.Version != "" {
 				v += "@" + dep.Replace.Version

@@ -19,7 +19,7 @@ func TestFromBuildInfo(t *testing.T) {
 			Main: debug.Module{Path: "caddy"},
 			Deps: []*debug.Module{{Path: "github.com/caddyserver/caddy/v2", Version: "v2.11.9"}, {Path: ModulePath, Version: "v0.1.0"}},
 		}, "v0.1.0"},
-		{"dependency from a checkout (xcaddy --with …=.)", debug.BuildInfo{
+		{"dependency from a checkout (xcaddy --replace …=<checkout>)", debug.BuildInfo{
 			Main: debug.Module{Path: "caddy"},
 			Deps: []*debug.Module{{Path: ModulePath, Version: "v0.0.0-00010101000000-000000000000", Replace: &debug.Module{Path: "/src/helsegate"}}},
 		}, "v0.0.0-00010101000000-000000000000 => /src/helsegate"},
