@@ -279,3 +279,13 @@ func startProcess(t *testing.T, dir string, env []string, admin, site string, ar
 	}
 	return g
 }
+
+// helsegate dev runs Caddyfile.production too: the defaults are dev's (it
+// sets every variable the file requires, HELSEGATE_ENVIRONMENT=test among
+// them), not the file's.
+func TestDevProductionConfig(t *testing.T) {
+	d := startDevConfig(t, "Caddyfile.production", "HELSEGATE_ENVIRONMENT=")
+	if out, got, code := d.call(t); code != 0 || len(got) != 1 || got[0] != "200" {
+		t.Errorf("helsegate call through dev on Caddyfile.production: exit %d, statuses %v\n%s", code, got, out)
+	}
+}
