@@ -1,11 +1,53 @@
 # helsegate: Caddy with the helseid handler.
 GO      ?= go
 BIN     := bin/helsegate
+# helsegate's version, printed by `helsegate version` and list-modules.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/helsegate/helsegate/internal/version.version=$(VERSION)
+# Static binaries (Go's own resolver, no libc), for the container image as for
+# bin/helsegate; and one setting for every target, so that the image, the
+# tests and build share the build cache.
+CGO_ENABLED ?= 0
+export CGO_ENABLED
 
-.PHONY: build run demo test bench bench-micro soak fmt vet clean
+.PHONY: build image xcaddy run demo test bench bench-micro soak fmt vet clean
 
 build:
-	$(GO) build -o $(BIN) ./cmd/helsegate
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/helsegate
+
+# The container image (Containerfile): a static binary, the build host's CA
+# certificates and Caddyfile.production on scratch, collected in bin/image/
+# (the build context). With podman, else docker. IMAGE names the tag;
+# BASE=gcr.io/distroless/static-debian12:nonroot where a registry is
+# reachable (see docs/deploy.md).
+BUILDER ?= $(shell command -v podman || command -v docker)
+IMAGE   ?= localhost/helsegate:$(VERSION)
+CA_CERTS ?= /etc/ssl/certs/ca-certificates.crt
+image:
+	@test -n "$(BUILDER)" || { echo "make image: neither podman nor docker found"; exit 1; }
+	rm -rf bin/image && mkdir -p bin/image/data bin/image/config
+	$(GO) build -ldflags '$(LDFLAGS) -s -w' -o bin/image/helsegate ./cmd/helsegate
+	cp $(CA_CERTS) bin/image/ca-certificates.crt
+	cp Caddyfile.production bin/image/Caddyfile
+	printf 'root:x:0:0:root:/root:/sbin/nologin\nhelsegate:x:65532:65532:helsegate:/data:/sbin/nologin\n' > bin/image/passwd
+	printf 'root:x:0:\nhelsegate:x:65532:\n' > bin/image/group
+	$(BUILDER) build $(if $(findstring podman,$(BUILDER)),--format docker --layers=false) -f Containerfile \
+		--build-arg VERSION=$(VERSION) \
+		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+		$(if $(BASE),--build-arg BASE=$(BASE)) \
+		-t $(IMAGE) bin/image
+
+# Caddy built by xcaddy from this checkout, the way a Caddy user adds a
+# plugin (docs/deploy.md): bin/caddy has Caddy's standard modules and helseid,
+# not dev, call or helsegate version. Needs the Go module proxy; not part of
+# make test.
+XCADDY        ?= $(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5
+CADDY_VERSION ?= v2.11.9
+xcaddy:
+	$(XCADDY) build $(CADDY_VERSION) \
+		--with github.com/helsegate/helsegate/caddymodule \
+		--replace github.com/helsegate/helsegate=$(CURDIR) \
+		--output bin/caddy
 
 # Runs the gateway on Caddyfile.example with a HelseID simulator, a registry
 # simulator and a stand-in upstream, on loopback (no Redis needed).

@@ -80,6 +80,12 @@ type devProcess struct {
 // gateway answers. It is stopped with Ctrl-C (SIGINT) at the end of the test.
 func startDev(t *testing.T, env ...string) *devProcess {
 	t.Helper()
+	return startDevConfig(t, "Caddyfile.example", env...)
+}
+
+// startDevConfig is startDev on another Caddyfile of the repository.
+func startDevConfig(t *testing.T, config string, env ...string) *devProcess {
+	t.Helper()
 	gw, iss, reg, up := freePortNumber(t), freePortNumber(t), freePortNumber(t), freePortNumber(t)
 	d := &devProcess{
 		gwPort: gw,
@@ -88,7 +94,7 @@ func startDev(t *testing.T, env ...string) *devProcess {
 		admin:  mustFreePort(),
 		out:    &devOutput{},
 	}
-	dev := exec.Command(binPath, "dev", "--config", "Caddyfile.example",
+	dev := exec.Command(binPath, "dev", "--config", config,
 		"--port", gw, "--issuer-port", iss, "--registry-port", reg, "--upstream-port", up, "--admin", d.admin)
 	dev.Dir = ".."
 	dev.Env = environ(env...)

@@ -46,7 +46,9 @@ dev starts, on loopback only:
 The config runs unchanged: dev points it at the above through HELSEID_ISSUER,
 MEMBERSHIP_REGISTRY, KJ_UPSTREAM, HELSEGATE_SITE, HELSEGATE_PUBLIC_ORIGIN and
 HELSEGATE_ADMIN, keeps the gateway on loopback with HELSEGATE_BIND=127.0.0.1,
-and sets MEMBERSHIP_TOKEN (shared with the registry simulator) when it is unset.
+and sets MEMBERSHIP_TOKEN (shared with the registry simulator) and
+HELSEGATE_ENVIRONMENT=test when they are unset. Caddyfile.production runs
+under dev too.
 The simulators are test doubles: never point a real client at them.
 It prints what to run next, and stops on Ctrl-C.`,
 		CobraFunc: func(cmd *cobra.Command) {
@@ -116,6 +118,11 @@ func runDev(cmd *cobra.Command) error {
 	// Caddyfile.example listens on every interface unless told otherwise;
 	// the simulators hand out tokens to anyone, so dev stays on loopback.
 	_ = os.Setenv("HELSEGATE_BIND", "127.0.0.1")
+	// The simulators stand in for HelseID's test environment; set, the
+	// caller's choice stands (Caddyfile.production has no default for it).
+	if os.Getenv("HELSEGATE_ENVIRONMENT") == "" {
+		_ = os.Setenv("HELSEGATE_ENVIRONMENT", "test")
+	}
 	// Without REDIS_URL, the in-process store (Caddyfile.example insists on
 	// an explicit choice). The URL is not printed: it may carry a password.
 	if os.Getenv("REDIS_URL") == "" {

@@ -2,6 +2,8 @@
 package main
 
 import (
+	"os"
+
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -10,5 +12,15 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch {
+		case os.Args[1] == "version" && len(os.Args) == 2:
+			runVersion()
+			return
+		case os.Args[1] == "list-modules":
+			runListModules(os.Args[2:])
+			return
+		}
+	}
 	caddycmd.Main()
 }
