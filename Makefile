@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     := bin/helsegate
 
-.PHONY: build run demo test bench bench-micro fmt vet clean
+.PHONY: build run demo test bench bench-instructions bench-micro fmt vet clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/helsegate
@@ -32,6 +32,16 @@ test:
 bench: build
 	$(GO) build -o bin/hgbench ./integration/cmd/hgbench
 	./bin/hgbench -bin $(BIN) $(BENCH_FLAGS)
+
+# The same sites and requests counted in instructions instead of CPU time:
+# the gateway process under valgrind --tool=callgrind (GOMAXPROCS=1), the
+# instructions of exactly -instr-requests requests per site after a warm-up,
+# the verify floor of each algorithm counted the same way, and system calls
+# per request from strace -c. Needs valgrind (and strace, optional). The last
+# line is the ES256 ratio. About 6-8 minutes; see docs/performance.md.
+bench-instructions: build
+	$(GO) build -o bin/hgbench ./integration/cmd/hgbench
+	./bin/hgbench -bin $(BIN) -instructions $(BENCH_FLAGS)
 
 # The go-test micro benchmarks beside the hot paths.
 bench-micro:
