@@ -30,12 +30,13 @@ type verifiedToken struct {
 // (SPEC §3.2), using the verified-token cache for the signature. cached
 // reports whether the signature check came from that cache.
 func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
-	sum := sha256.Sum256(readOnlyBytes(token))
-	vt, ok := v.tokens.get(sum)
+	vt, ok := v.tokens.get(token)
 	if !ok {
 		if vt, derr = v.verifyTokenSignature(ctx, token); derr != nil {
 			return nil, false, derr
 		}
+		// Once per token: a cached token's proofs compare their ath with it.
+		sum := sha256.Sum256(readOnlyBytes(token))
 		vt.ath = base64.RawURLEncoding.EncodeToString(sum[:])
 	}
 	// exp is required and checked with the configured leeway (RFC 7519 §4.1.4).
@@ -47,7 +48,7 @@ func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time)
 		return nil, ok, deny(InvalidToken, "token_not_yet_valid", "the access token is not yet valid")
 	}
 	if !ok {
-		v.tokens.put(sum, vt, now)
+		v.tokens.put(token, vt, now)
 	}
 	return vt, ok, nil
 }

@@ -1,0 +1,55 @@
+package authz
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// benchToken is about the size of a HelseID access token.
+var benchToken = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImJlbmNoIiwidHlwIjoiYXQrand0In0." +
+	strings.Repeat("eyJzdWIiOiJiZW5jaCJ9", 40) + "." + strings.Repeat("c2ln", 86)
+
+func TestTokenCacheExactText(t *testing.T) {
+	c := newTokenCache(4)
+	vt := &verifiedToken{exp: testNow.Add(time.Hour)}
+	tok := []byte(benchToken)
+	c.put(string(tok), vt, testNow)
+	tok[0] = 'X' // the cache keeps its own copy of the text
+	if got, ok := c.get(benchToken); !ok || got != vt {
+		t.Fatal("the token is not found by its text")
+	}
+	other := benchToken[:len(benchToken)-1] + "A"
+	if _, ok := c.get(other); ok {
+		t.Fatal("a token differing in its last byte was found")
+	}
+	if _, ok := c.get(benchToken[:len(benchToken)-1]); ok {
+		t.Fatal("a prefix of a cached token was found")
+	}
+}
+
+// TestTokenCacheHitAllocs holds the cached-token lookup to no allocation.
+func TestTokenCacheHitAllocs(t *testing.T) {
+	c := newTokenCache(4)
+	c.put(benchToken, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
+	if n := testing.AllocsPerRun(100, func() {
+		if _, ok := c.get(benchToken); !ok {
+			t.Fatal("miss")
+		}
+	}); n != 0 {
+		t.Fatalf("a token cache hit allocates %.0f times, want 0", n)
+	}
+}
+
+// BenchmarkTokenCacheHit is the lookup of a reused token of about 1 KB (it
+// was a SHA-256 of the token and a map lookup of the digest).
+func BenchmarkTokenCacheHit(b *testing.B) {
+	c := newTokenCache(DefaultTokenCacheSize)
+	c.put(benchToken, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := c.get(benchToken); !ok {
+			b.Fatal("miss")
+		}
+	}
+}
