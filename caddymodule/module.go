@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -96,6 +97,7 @@ type Handler struct {
 	membership *authz.MembershipCheck // nil without a membership block
 	logger     *zap.Logger
 	audit      *zap.Logger
+	allowLog   *atomic.Pointer[allowAudit] // see allowAuditLogger; nil before Provision
 	challenge  challenges
 	poolKeys   []string
 	forward    bool
@@ -117,6 +119,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.depLog = &logEvery{interval: 10 * time.Second}
 	h.audit = h.logger.Named("audit")
+	h.allowLog = new(atomic.Pointer[allowAudit])
 	h.metrics = getMetrics()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("helseid: registering metrics: %w", err)
