@@ -28,9 +28,10 @@ type verifiedToken struct {
 
 // verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725
 // (SPEC §3.2), using the verified-token cache for the signature. cached
-// reports whether the signature check came from that cache.
-func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
-	vt, ok := v.tokens.get(token)
+// reports whether the signature check came from that cache. hit is the
+// cache's entry for token, when the caller found one (nil: verify it).
+func (v *Verifier) verifyToken(ctx context.Context, token string, hit *verifiedToken, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
+	vt, ok := hit, hit != nil
 	if !ok {
 		if vt, derr = v.verifyTokenSignature(ctx, token); derr != nil {
 			return nil, false, derr

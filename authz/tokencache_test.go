@@ -53,3 +53,19 @@ func BenchmarkTokenCacheHit(b *testing.B) {
 		}
 	}
 }
+
+// TestCachedTokenSyntax: the token68 scan is skipped only for the exact text
+// of a cached token; the same token with one character more is scanned and
+// refused.
+func TestCachedTokenSyntax(t *testing.T) {
+	f := newFixture(t, nil)
+	tok := f.token(nil)
+	f.check(t, f.request(tok, f.proof(tok, nil)), 0, "")
+	if f.v.tokens.len() != 1 {
+		t.Fatalf("want the token cached, cache holds %d", f.v.tokens.len())
+	}
+	for _, bad := range []string{tok + "!", tok + "\x00", "\"" + tok} {
+		f.check(t, f.request(bad, f.proof(bad, nil)), InvalidRequest, "malformed_authorization")
+	}
+	f.check(t, f.request(tok, f.proof(tok, nil)), 0, "")
+}
