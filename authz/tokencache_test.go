@@ -1,9 +1,14 @@
 package authz
 
 import (
+	"context"
+	"encoding/base64"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
 // benchToken is about the size of a HelseID access token.
@@ -68,4 +73,51 @@ func TestCachedTokenSyntax(t *testing.T) {
 		f.check(t, f.request(bad, f.proof(bad, nil)), InvalidRequest, "malformed_authorization")
 	}
 	f.check(t, f.request(tok, f.proof(tok, nil)), 0, "")
+}
+
+// TestVerifyCachedTokenAllocs holds the hot path, a cached token and a fresh
+// ES256 proof, to two allocations besides the signature verification's own
+// (jwx and crypto/ecdsa): the Principal and the replay key. The proof's
+// payload is decoded on the stack.
+func TestVerifyCachedTokenAllocs(t *testing.T) {
+	f := newFixture(t, nil)
+	f.replay.seen = make(map[string]time.Duration, 1024) // no growth in the loop
+	tok := f.token(nil)
+	const runs = 200
+	reqs := make([]Request, runs+2)
+	for i := range reqs {
+		reqs[i] = f.request(tok, f.proof(tok, nil))
+	}
+	ctx := context.Background()
+	if _, derr := f.v.Verify(ctx, reqs[0]); derr != nil {
+		t.Fatal(derr)
+	}
+	i := 1
+	got := testing.AllocsPerRun(runs, func() {
+		if _, derr := f.v.Verify(ctx, reqs[i]); derr != nil {
+			t.Fatal(derr)
+		}
+		i++
+	})
+
+	// The same proof signature verified by jwx alone: the floor's allocations.
+	p := reqs[0].DPoP[0]
+	dot := strings.LastIndexByte(p, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(p[dot+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := jws.NewVerifier(jwa.ES256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	input := []byte(p[:dot])
+	floor := testing.AllocsPerRun(runs, func() {
+		if err := v.Verify(input, sig, &clientPriv.PublicKey); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if got-floor > 2 {
+		t.Fatalf("Verify of a cached token allocates %.1f times, the signature alone %.1f: want at most 2 more", got, floor)
+	}
 }
