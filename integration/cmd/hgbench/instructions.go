@@ -213,7 +213,7 @@ func (b *bench) window(ctx context.Context, s *scenario, addr string, n int, on,
 }
 
 // instrAttempts bounds the tries of one counted window.
-const instrAttempts = 4
+const instrAttempts = 6
 
 // instrSettle is the number of requests sent, instrumented but not
 // counted, before each window.
