@@ -174,6 +174,27 @@ func (g *gateway) cpuProfile(ctx context.Context, seconds int, path string) erro
 	return f.Close()
 }
 
+// collect makes the gateway run a full garbage collection now, through the
+// admin endpoint's heap profile (?gc=1 collects before the profile).
+func (g *gateway) collect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.admin+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+	if err != nil {
+		return fmt.Errorf("collection through the admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("collection through the admin endpoint: %s", resp.Status)
+	}
+	return nil
+}
+
 // tail returns the last n lines of a file, for error messages.
 func tail(path string, n int) string {
 	b, err := os.ReadFile(path)

@@ -118,7 +118,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up (and stop everything) after this long")
 	flag.DurationVar(&o.quietWait, "quiet-wait", 60*time.Second, "how long, in all, to wait for other processes to go quiet before pairs")
 	flag.BoolVar(&o.instructions, "instructions", false, "count instructions instead of CPU time: the gateway under valgrind --tool=callgrind (GOMAXPROCS=1), system calls under strace -c (make bench-instructions)")
-	flag.IntVar(&o.instrRequests, "instr-requests", 2000, "with -instructions: requests counted per site and configuration")
+	flag.IntVar(&o.instrRequests, "instr-requests", 2000, "with -instructions: requests counted per site and configuration (ten times as many for Bearer)")
 	flag.IntVar(&o.instrWarmup, "instr-warmup", 1000, "with -instructions: untimed requests to each site before counting")
 	flag.IntVar(&o.instrConns, "instr-conns", 2, "with -instructions: keep-alive connections (few: under callgrind a request that waits behind many others misses the replay store's 250 ms deadline)")
 	flag.BoolVar(&o.noStrace, "no-strace", false, "with -instructions: skip the system call counts")
