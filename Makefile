@@ -38,7 +38,7 @@ bench: build
 # instructions of exactly -instr-requests requests per site after a warm-up,
 # the verify floor of each algorithm counted the same way, and system calls
 # per request from strace -c. Needs valgrind (and strace, optional). The last
-# line is the ES256 ratio. About 6-8 minutes; see docs/performance.md.
+# line is the ES256 ratio. About 5 minutes; see docs/performance.md.
 bench-instructions: build
 	$(GO) build -o bin/hgbench ./integration/cmd/hgbench
 	./bin/hgbench -bin $(BIN) -instructions $(BENCH_FLAGS)

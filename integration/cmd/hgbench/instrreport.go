@@ -138,5 +138,8 @@ func otherIO(plain, gw map[string]float64) float64 {
 			sum -= v
 		}
 	}
+	if sum > -0.005 && sum < 0.005 {
+		return 0 // not "-0.00"
+	}
 	return sum
 }

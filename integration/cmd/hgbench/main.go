@@ -57,6 +57,15 @@
 //	        [-redis host:port] [-configs ES256,PS256,RS256,bearer]
 //	        [-cpuprofile es256.pprof [-cpuprofile-seconds 10]] [-keep]
 //	        [-quiet-wait 60s] [-timeout 15m]
+//	hgbench -instructions [-instr-requests 2000] [-instr-warmup 1000]
+//	        [-instr-conns 2] [-no-strace] [-configs …] [-keep]
+//
+// With -instructions (make bench-instructions) it counts instructions
+// instead of CPU time: the same sites and requests, the gateway under
+// valgrind's callgrind, the verify floor counted the same way, and system
+// calls per request from strace -c (instructions.go says how; the last line
+// is then added_instructions/verify_floor = X (ES256)). docs/performance.md
+// has a run.
 package main
 
 import (
