@@ -10,7 +10,7 @@ LDFLAGS := -X github.com/helsegate/helsegate/internal/version.version=$(VERSION)
 CGO_ENABLED ?= 0
 export CGO_ENABLED
 
-.PHONY: build image xcaddy run demo test bench bench-micro soak fmt vet clean
+.PHONY: build image xcaddy run demo test bench bench-instructions bench-micro soak fmt vet clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/helsegate
@@ -84,6 +84,16 @@ bench: build
 soak: build
 	$(GO) build -o bin/hgsoak ./cmd/hgsoak
 	./bin/hgsoak -bin $(BIN) $(SOAK_FLAGS)
+
+# The same sites and requests counted in instructions instead of CPU time:
+# the gateway process under valgrind --tool=callgrind (GOMAXPROCS=1), the
+# instructions of exactly -instr-requests requests per site after a warm-up,
+# the verify floor of each algorithm counted the same way, and system calls
+# per request from strace -c. Needs valgrind (and strace, optional). The last
+# line is the ES256 ratio. About 5 minutes; see docs/performance.md.
+bench-instructions: build
+	$(GO) build -o bin/hgbench ./integration/cmd/hgbench
+	./bin/hgbench -bin $(BIN) -instructions $(BENCH_FLAGS)
 
 # The go-test micro benchmarks beside the hot paths.
 bench-micro:

@@ -157,7 +157,11 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	// Replay (RFC 9449 §11.1): the jti, scoped by the key, is seen once in the
 	// whole acceptance window. Checked last so that invalid proofs fill nothing.
 	rctx, span := startSpan(ctx, SpanReplay)
-	fresh, err := v.replay.FirstUse(rctx, replayKey(ph.jkt, c.JTI.V), c.IAT, v.replayTTL)
+	// iat is rebuilt from its number: passed as c.IAT to the interface
+	// method, c would leak, and with it the payload its claims point into,
+	// whose 512-byte buffer then moved to the heap on every request.
+	iat := time.Unix(c.IAT.Unix(), int64(c.IAT.Nanosecond()))
+	fresh, err := v.replay.FirstUse(rctx, replayKey(ph.jkt, c.JTI.V), iat, v.replayTTL)
 	if span != nil {
 		result := "fresh"
 		switch {

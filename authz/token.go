@@ -35,14 +35,16 @@ type verifiedToken struct {
 
 // verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725
 // (the second step of the checks), using the verified-token cache for the signature. cached
-// reports whether the signature check came from that cache.
-func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
-	sum := sha256.Sum256(readOnlyBytes(token))
-	vt, ok := v.tokens.get(sum)
+// reports whether the signature check came from that cache. hit is the
+// cache's entry for token, when the caller found one (nil: verify it).
+func (v *Verifier) verifyToken(ctx context.Context, token string, hit *verifiedToken, now time.Time) (vt *verifiedToken, cached bool, derr *Error) {
+	vt, ok := hit, hit != nil
 	if !ok {
 		if vt, derr = v.verifyTokenSignature(ctx, token); derr != nil {
 			return nil, false, derr
 		}
+		// Once per token: a cached token's proofs compare their ath with it.
+		sum := sha256.Sum256(readOnlyBytes(token))
 		vt.ath = base64.RawURLEncoding.EncodeToString(sum[:])
 	}
 	// exp is required and checked with the configured leeway (RFC 7519 §4.1.4).
@@ -54,7 +56,7 @@ func (v *Verifier) verifyToken(ctx context.Context, token string, now time.Time)
 		return nil, ok, deny(InvalidToken, "token_not_yet_valid", "the access token is not yet valid")
 	}
 	if !ok {
-		v.tokens.put(sum, vt, now)
+		v.tokens.put(token, vt, now)
 	}
 	return vt, ok, nil
 }

@@ -1,19 +1,30 @@
 package authz
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
 
-// tokenCache keeps verified access tokens by the SHA-256 of their text until
-// they expire, so a client that reuses its token pays for the signature once.
+// tokenCache keeps verified access tokens by their text until they expire, so
+// a client that reuses its token pays for the signature once.
+//
+// The key is the token itself, not a digest of it: a lookup is then the
+// map's own seeded hash and one comparison of the text, where a SHA-256 key
+// cost a SHA-256 of the whole token (about 1 KB) on every request, the
+// largest cost of a request with a cached Bearer token. The price is memory:
+// the cache holds each token's text (about 1 KB; 10 MB at
+// DefaultTokenCacheSize). The comparison is not constant-time, and need not
+// be: it only runs for a token whose hash, under the map's random seed,
+// already matches, and it compares whole words, so its timing cannot be
+// walked byte by byte towards a cached token.
 // It is bounded: when full, expired entries are swept (at most once per
 // tokenSweepInterval, so that a full cache of live tokens does not make every
 // new token scan it), and if that freed nothing an arbitrary entry makes room
 // (a dropped entry only costs one re-verification).
 type tokenCache struct {
 	mu        sync.RWMutex
-	m         map[[32]byte]*verifiedToken
+	m         map[string]*verifiedToken
 	max       int
 	nextSweep time.Time
 }
@@ -22,17 +33,20 @@ type tokenCache struct {
 const tokenSweepInterval = time.Second
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{m: make(map[[32]byte]*verifiedToken), max: max}
+	return &tokenCache{m: make(map[string]*verifiedToken), max: max}
 }
 
-func (c *tokenCache) get(sum [32]byte) (*verifiedToken, bool) {
+// get returns the verified token of this text, without allocating.
+func (c *tokenCache) get(token string) (*verifiedToken, bool) {
 	c.mu.RLock()
-	vt, ok := c.m[sum]
+	vt, ok := c.m[token]
 	c.mu.RUnlock()
 	return vt, ok
 }
 
-func (c *tokenCache) put(sum [32]byte, vt *verifiedToken, now time.Time) {
+// put keeps vt under a copy of token (the caller's string may share memory
+// with the whole request).
+func (c *tokenCache) put(token string, vt *verifiedToken, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= c.max && !now.Before(c.nextSweep) {
@@ -49,7 +63,7 @@ func (c *tokenCache) put(sum [32]byte, vt *verifiedToken, now time.Time) {
 		}
 		delete(c.m, k)
 	}
-	c.m[sum] = vt
+	c.m[strings.Clone(token)] = vt
 }
 
 func (c *tokenCache) len() int {

@@ -520,7 +520,7 @@ func TestTokenCache(t *testing.T) {
 
 	c := newTokenCache(2)
 	for i := byte(0); i < 5; i++ {
-		c.put([32]byte{i}, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
+		c.put(string(rune('a'+i)), &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
 	}
 	if c.len() > 2 {
 		t.Fatalf("token cache grew past its bound: %d", c.len())
@@ -530,10 +530,10 @@ func TestTokenCache(t *testing.T) {
 	// arbitrary eviction would pick the live one half of the time).
 	for i := 0; i < 64; i++ {
 		c = newTokenCache(2)
-		c.put([32]byte{1}, &verifiedToken{exp: testNow.Add(-time.Second)}, testNow.Add(-time.Minute))
-		c.put([32]byte{2}, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow.Add(-time.Minute))
-		c.put([32]byte{3}, &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
-		if _, ok := c.get([32]byte{2}); !ok || c.len() != 2 {
+		c.put("1", &verifiedToken{exp: testNow.Add(-time.Second)}, testNow.Add(-time.Minute))
+		c.put("2", &verifiedToken{exp: testNow.Add(time.Hour)}, testNow.Add(-time.Minute))
+		c.put("3", &verifiedToken{exp: testNow.Add(time.Hour)}, testNow)
+		if _, ok := c.get("2"); !ok || c.len() != 2 {
 			t.Fatalf("the live entry was evicted while an expired one was there (len %d)", c.len())
 		}
 	}

@@ -340,9 +340,47 @@ func (h *Handler) allowReason() string {
 	return authz.ReasonOK
 }
 
-// auditAllow writes the audit entry of an allowed request.
+// auditAllow writes the audit entry of an allowed request: the entry
+// auditDecision would write, with the fields that are the same for every
+// allowed request on this route (decision, reason, service) encoded once into
+// the logger (zap's With) instead of on every request.
 func (h *Handler) auditAllow(ctx context.Context, r *http.Request, p *authz.Principal) {
-	h.auditDecision(ctx, r, "allow", h.allowReason(), 0, p)
+	if h.allowLog == nil { // not provisioned (some tests build a Handler by hand)
+		h.auditDecision(ctx, r, "allow", h.allowReason(), 0, p)
+		return
+	}
+	ce := h.allowAuditLogger().Check(zap.InfoLevel, "allow")
+	if ce == nil {
+		return
+	}
+	fields := make([]zap.Field, 0, 4)
+	fields = append(fields, zap.String("method", r.Method), zap.String("path", r.URL.Path))
+	if id := traceID(ctx); id != "" {
+		fields = append(fields, zap.String("trace_id", id))
+	}
+	ce.Write(append(fields, zap.Inline(callerFields{p}))...)
+}
+
+// allowAudit is the audit logger with the allow entry's route fields, and the
+// audit logger it was made from.
+type allowAudit struct {
+	base, allow *zap.Logger
+}
+
+// allowAuditLogger returns h.audit with the allow entry's route fields. It is
+// made on first use and again whenever h.audit is another logger (tests
+// replace it after Provision), so it always writes where h.audit does.
+func (h *Handler) allowAuditLogger() *zap.Logger {
+	if a := h.allowLog.Load(); a != nil && a.base == h.audit {
+		return a.allow
+	}
+	a := &allowAudit{base: h.audit, allow: h.audit.With(
+		zap.String("decision", "allow"),
+		zap.String("reason", h.allowReason()),
+		zap.String("service", h.service()),
+	)}
+	h.allowLog.Store(a)
+	return a.allow
 }
 
 // auditDenial writes the audit entry of a denied request, with the verified

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -134,6 +135,7 @@ type Handler struct {
 	membership *authz.MembershipCheck // nil without a membership block
 	logger     *zap.Logger
 	audit      *zap.Logger
+	allowLog   *atomic.Pointer[allowAudit] // see allowAuditLogger; nil before Provision
 	challenge  challenges
 	metadata   *resourceMetadata // nil without resource_metadata
 
@@ -162,6 +164,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	h.allowLog = new(atomic.Pointer[allowAudit])
 	h.metrics = getMetrics().forRoute(route)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("helseid: registering metrics: %w", err)

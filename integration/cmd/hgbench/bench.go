@@ -160,9 +160,12 @@ func runBench(ctx context.Context, o options) (err error) {
 	if o.keep {
 		kept = ", kept"
 	}
-	fmt.Fprintf(os.Stderr, "hgbench: starting %s (run directory %s%s)\n", o.bin, dir, kept)
 	gatewayTried = true
-	if b.gw, err = startGateway(ctx, bin, dir, renderCaddyfile(cfg), cfg.Admin, cfg.LogPath, addrs); err != nil {
+	if o.instructions {
+		return b.instructions(ctx, bin, dir, cfg, addrs, scenarios)
+	}
+	fmt.Fprintf(os.Stderr, "hgbench: starting %s (run directory %s%s)\n", o.bin, dir, kept)
+	if b.gw, err = startGateway(ctx, launch{}, bin, dir, renderCaddyfile(cfg), cfg.Admin, cfg.LogPath, addrs); err != nil {
 		return err
 	}
 	defer b.gw.stop()

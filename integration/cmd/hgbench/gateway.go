@@ -14,8 +14,17 @@ import (
 	"time"
 )
 
-// readyTimeout bounds the gateway's start.
+// readyTimeout bounds the gateway's start, run directly.
 const readyTimeout = 30 * time.Second
+
+// launch says how the gateway process is started: directly (the zero
+// value), or under a wrapper such as valgrind, with more environment and a
+// longer start.
+type launch struct {
+	wrapper []string // command and arguments before the helsegate binary
+	env     []string // added to the environment
+	ready   time.Duration
+}
 
 // gateway is the one helsegate process under test.
 type gateway struct {
@@ -29,7 +38,7 @@ type gateway struct {
 // startGateway writes caddyfile into dir and runs `bin run --config` on
 // it, waiting until the admin endpoint answers and every site in addrs
 // accepts connections. The process gets SIGKILL if hgbench dies.
-func startGateway(ctx context.Context, bin, dir, caddyfile, admin, logPath string, addrs []string) (*gateway, error) {
+func startGateway(ctx context.Context, l launch, bin, dir, caddyfile, admin, logPath string, addrs []string) (*gateway, error) {
 	cfg := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfg, []byte(caddyfile), 0o600); err != nil {
 		return nil, err
@@ -40,11 +49,13 @@ func startGateway(ctx context.Context, bin, dir, caddyfile, admin, logPath strin
 	}
 	defer out.Close()
 	g := &gateway{admin: admin, logPath: logPath, exited: make(chan struct{})}
-	g.cmd = exec.Command(bin, "run", "--config", cfg, "--adapter", "caddyfile")
+	args := append(append([]string{}, l.wrapper...), bin, "run", "--config", cfg, "--adapter", "caddyfile")
+	g.cmd = exec.Command(args[0], args[1:]...)
 	g.cmd.Dir = dir
 	g.cmd.Stdout, g.cmd.Stderr = out, out
 	// Caddy's data and config directories stay in the run's directory.
 	g.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	g.cmd.Env = append(g.cmd.Env, l.env...)
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := g.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
@@ -53,14 +64,18 @@ func startGateway(ctx context.Context, bin, dir, caddyfile, admin, logPath strin
 		g.waitErr = g.cmd.Wait()
 		close(g.exited)
 	}()
-	if err := g.waitReady(ctx, addrs); err != nil {
+	ready := l.ready
+	if ready <= 0 {
+		ready = readyTimeout
+	}
+	if err := g.waitReady(ctx, addrs, ready); err != nil {
 		g.stop()
 		return nil, fmt.Errorf("%w\n--- output (%s) ---\n%s\n--- log ---\n%s", err, out.Name(), tail(out.Name(), 30), tail(logPath, 30))
 	}
 	return g, nil
 }
 
-func (g *gateway) waitReady(ctx context.Context, addrs []string) error {
+func (g *gateway) waitReady(ctx context.Context, addrs []string, readyTimeout time.Duration) error {
 	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(readyTimeout)
 	for {
@@ -157,6 +172,27 @@ func (g *gateway) cpuProfile(ctx context.Context, seconds int, path string) erro
 		return err
 	}
 	return f.Close()
+}
+
+// collect makes the gateway run a full garbage collection now, through the
+// admin endpoint's heap profile (?gc=1 collects before the profile).
+func (g *gateway) collect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.admin+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+	if err != nil {
+		return fmt.Errorf("collection through the admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("collection through the admin endpoint: %s", resp.Status)
+	}
+	return nil
 }
 
 // tail returns the last n lines of a file, for error messages.

@@ -57,6 +57,15 @@
 //	        [-redis host:port] [-configs ES256,PS256,RS256,bearer]
 //	        [-cpuprofile es256.pprof [-cpuprofile-seconds 10]] [-keep]
 //	        [-quiet-wait 60s] [-timeout 15m]
+//	hgbench -instructions [-instr-requests 2000] [-instr-warmup 1000]
+//	        [-instr-conns 2] [-no-strace] [-configs …] [-keep]
+//
+// With -instructions (make bench-instructions) it counts instructions
+// instead of CPU time: the same sites and requests, the gateway under
+// valgrind's callgrind, the verify floor counted the same way, and system
+// calls per request from strace -c (instructions.go says how; the last line
+// is then added_instructions/verify_floor = X (ES256)). docs/performance.md
+// has a run.
 package main
 
 import (
@@ -86,6 +95,12 @@ type options struct {
 	keep        bool
 	timeout     time.Duration
 	quietWait   time.Duration
+	// The instructions mode (-instructions).
+	instructions  bool
+	instrRequests int
+	instrWarmup   int
+	instrConns    int
+	noStrace      bool
 }
 
 // allConfigs are the configurations of the table, in order.
@@ -111,7 +126,21 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the run directory (Caddyfile, logs, audit log)")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up (and stop everything) after this long")
 	flag.DurationVar(&o.quietWait, "quiet-wait", 60*time.Second, "how long, in all, to wait for other processes to go quiet before pairs")
+	flag.BoolVar(&o.instructions, "instructions", false, "count instructions instead of CPU time: the gateway under valgrind --tool=callgrind (GOMAXPROCS=1), system calls under strace -c (make bench-instructions)")
+	flag.IntVar(&o.instrRequests, "instr-requests", 2000, "with -instructions: requests counted per site and configuration (ten times as many for Bearer)")
+	flag.IntVar(&o.instrWarmup, "instr-warmup", 1000, "with -instructions: untimed requests to each site before counting")
+	flag.IntVar(&o.instrConns, "instr-conns", 2, "with -instructions: keep-alive connections (few: under callgrind a request that waits behind many others misses the replay store's 250 ms deadline)")
+	flag.BoolVar(&o.noStrace, "no-strace", false, "with -instructions: skip the system call counts")
+	floorChild := flag.String("floor-child", "", "internal: count one algorithm's verify floor under callgrind (hgbench runs itself with it)")
+	floorN := flag.Int("floor-n", 200, "internal: verifications for -floor-child")
 	flag.Parse()
+	if *floorChild != "" {
+		if err := runFloorChild(*floorChild, *floorN); err != nil {
+			fmt.Fprintf(os.Stderr, "hgbench -floor-child: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	for _, c := range strings.Split(configs, ",") {
 		c = strings.TrimSpace(c)
@@ -121,7 +150,7 @@ func main() {
 		}
 		o.configs = append(o.configs, c)
 	}
-	if o.conns < 1 || o.pairs < 1 || o.runTime <= 0 || o.maxRequests < 1 || o.profileSecs < 1 || o.timeout <= 0 {
+	if o.conns < 1 || o.instrRequests < 1 || o.instrWarmup < 0 || o.instrConns < 1 || o.pairs < 1 || o.runTime <= 0 || o.maxRequests < 1 || o.profileSecs < 1 || o.timeout <= 0 {
 		fmt.Fprintln(os.Stderr, "hgbench: -conns, -pairs, -run, -max-requests, -cpuprofile-seconds and -timeout must be positive")
 		os.Exit(2)
 	}

@@ -43,7 +43,17 @@ func writeTable(w io.Writer, rows []summary) {
 			floor, ratio,
 		})
 	}
-	widths := make([]int, len(tableHeader))
+	writeCells(w, cells)
+	if flagged {
+		fmt.Fprintln(w, "! a run of this configuration had non-200 responses or transport errors (listed above): its numbers are suspect")
+	}
+}
+
+// writeCells prints rows of cells as a Markdown table (the first row is the
+// header), columns padded for a terminal, the first left-aligned and the
+// others right-aligned.
+func writeCells(w io.Writer, cells [][]string) {
+	widths := make([]int, len(cells[0]))
 	for _, row := range cells {
 		for i, c := range row {
 			widths[i] = max(widths[i], utf8.RuneCountInString(c))
@@ -73,9 +83,6 @@ func writeTable(w io.Writer, rows []summary) {
 			}
 			fmt.Fprintln(w, b.String())
 		}
-	}
-	if flagged {
-		fmt.Fprintln(w, "! a run of this configuration had non-200 responses or transport errors (listed above): its numbers are suspect")
 	}
 }
 
