@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,31 +21,13 @@ import (
 // what the dead master may not have replicated, and accepts proofs issued
 // after that.
 func TestRedisReplayClusterDeadShard(t *testing.T) {
-	cl := redistopo.StartCluster(t)
-	opts, err := RedisConfig{Addrs: cl.Addrs()}.UniversalOptions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, ids := NewRedisClient(opts)
-	t.Cleanup(func() { _ = client.Close() })
-	cc := client.(*redis.ClusterClient)
 	const skew = 500 * time.Millisecond
-	var losses []string
-	s := NewRedisReplay(client, RedisReplayOptions{Prefix: "hg-cluster:", Identities: ids, FutureSkew: skew,
-		OnLoss: func(why string, _ time.Time) { losses = append(losses, why) }})
+	cs := newClusterStore(t, "hg-cluster:", skew)
+	cl, s := cs.cl, cs.s
 
 	// Keys on every master, each used once while all are alive.
 	dead := cl.Masters[0].Addr
-	byOwner := map[bool][]string{} // owned by the master about to die?
-	for i := 0; len(byOwner[true]) < 5 || len(byOwner[false]) < 20; i++ {
-		key := fmt.Sprintf("jkt:k%d", i)
-		node, err := cc.MasterForKey(t.Context(), "hg-cluster:"+replaySpace+key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		owned := node.Options().Addr == dead
-		byOwner[owned] = append(byOwner[owned], key)
-	}
+	byOwner := map[bool][]string{true: cs.keysOf(t, dead, "jkt:k", 5, true), false: cs.keysOf(t, dead, "jkt:k", 20, false)}
 	// A new cluster holds no marker: its first look refuses proofs issued
 	// before now + skew. These are issued after that, and before the kill.
 	before := time.Now().Add(2 * skew)
@@ -109,5 +92,61 @@ func TestRedisReplayClusterDeadShard(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("losses declared: %v", losses)
+	t.Logf("losses declared: %v", cs.lossList())
+}
+
+// clusterStore is a RedisReplay on a new 3+3 Cluster, built as the gateway
+// builds one, recording the losses it declares.
+type clusterStore struct {
+	cl  *redistopo.Cluster
+	cc  *redis.ClusterClient
+	ids *ServerIdentities
+	s   *RedisReplay
+
+	mu     sync.Mutex
+	losses []string
+}
+
+func newClusterStore(t *testing.T, prefix string, skew time.Duration) *clusterStore {
+	t.Helper()
+	cs := &clusterStore{cl: redistopo.StartCluster(t)}
+	opts, err := RedisConfig{Addrs: cs.cl.Addrs()}.UniversalOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, ids := NewRedisClient(opts)
+	t.Cleanup(func() { _ = client.Close() })
+	cs.cc, cs.ids = client.(*redis.ClusterClient), ids
+	cs.s = NewRedisReplay(client, RedisReplayOptions{Prefix: prefix, Identities: ids, FutureSkew: skew,
+		OnLoss: func(why string, _ time.Time) {
+			cs.mu.Lock()
+			cs.losses = append(cs.losses, why)
+			cs.mu.Unlock()
+		}})
+	return cs
+}
+
+// keysOf returns n replay keys (base followed by a number) whose records
+// the master at addr owns (owned) or does not own (!owned).
+func (cs *clusterStore) keysOf(t *testing.T, addr, base string, n int, owned bool) []string {
+	t.Helper()
+	var keys []string
+	for i := 0; len(keys) < n; i++ {
+		key := fmt.Sprintf("%s%d", base, i)
+		node, err := cs.cc.MasterForKey(t.Context(), cs.s.prefix+replaySpace+key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (node.Options().Addr == addr) == owned {
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
+// lossList returns the losses declared so far.
+func (cs *clusterStore) lossList() []string {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return append([]string(nil), cs.losses...)
 }

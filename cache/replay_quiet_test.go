@@ -3,14 +3,12 @@ package cache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/internal/redistopo"
 )
 
 // TestRedisReplayClusterQuietReplicaAfterFailover: a replica that sent
@@ -22,31 +20,11 @@ import (
 // write lost to asynchronous replication, made here with DEL, the marker
 // having been replicated long before) is not a fresh proof.
 func TestRedisReplayClusterQuietReplicaAfterFailover(t *testing.T) {
-	cl := redistopo.StartCluster(t)
-	opts, err := RedisConfig{Addrs: cl.Addrs()}.UniversalOptions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, ids := NewRedisClient(opts)
-	t.Cleanup(func() { _ = client.Close() })
-	cc := client.(*redis.ClusterClient)
 	const skew = 500 * time.Millisecond
-	var losses []string
-	s := NewRedisReplay(client, RedisReplayOptions{Prefix: "hg-quiet:", Identities: ids, FutureSkew: skew,
-		OnLoss: func(why string, _ time.Time) { losses = append(losses, why) }})
+	cs := newClusterStore(t, "hg-quiet:", skew)
+	cl, cc, ids, s := cs.cl, cs.cc, cs.ids, cs.s
 	dead := cl.Masters[0].Addr
-	var key string
-	for i := 0; ; i++ {
-		k := fmt.Sprintf("jkt:a%d", i)
-		node, err := cc.MasterForKey(t.Context(), "hg-quiet:"+replaySpace+k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if node.Options().Addr == dead {
-			key = k
-			break
-		}
-	}
+	key := cs.keysOf(t, dead, "jkt:a", 1, true)[0]
 	// The client has talked to the replicas (in production: the periodic
 	// CLUSTER SLOTS reloads pick random nodes, replicas included).
 	if err := cc.ForEachSlave(t.Context(), func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() }); err != nil {
@@ -90,5 +68,5 @@ func TestRedisReplayClusterQuietReplicaAfterFailover(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("losses declared: %v", losses)
+	t.Logf("losses declared: %v", cs.lossList())
 }
