@@ -44,7 +44,7 @@ dev starts, on loopback only:
   - and the gateway on --config (Caddyfile.example), with the in-process store
     unless REDIS_URL is set.
 The config runs unchanged: dev points it at the above through HELSEID_ISSUER,
-MEMBERSHIP_REGISTRY, KJ_UPSTREAM, HELSEGATE_SITE, HELSEGATE_PUBLIC_ORIGIN and
+MEMBERSHIP_REGISTRY, KJ_UPSTREAM, PJD_UPSTREAM, HELSEGATE_SITE, HELSEGATE_PUBLIC_ORIGIN and
 HELSEGATE_ADMIN, keeps the gateway on loopback with HELSEGATE_BIND=127.0.0.1,
 and sets MEMBERSHIP_TOKEN (shared with the registry simulator) and
 HELSEGATE_ENVIRONMENT=test when they are unset. Caddyfile.production runs
@@ -112,6 +112,7 @@ func runDev(cmd *cobra.Command) error {
 	_ = os.Setenv("HELSEID_ISSUER", sim.Issuer())
 	_ = os.Setenv("MEMBERSHIP_REGISTRY", reg.URL())
 	_ = os.Setenv("KJ_UPSTREAM", upstreamAddr)
+	_ = os.Setenv("PJD_UPSTREAM", upstreamAddr) // the stand-in answers for both APIs
 	_ = os.Setenv("HELSEGATE_SITE", site)
 	_ = os.Setenv("HELSEGATE_PUBLIC_ORIGIN", site)
 	_ = os.Setenv("HELSEGATE_ADMIN", str("admin"))
