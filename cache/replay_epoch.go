@@ -149,8 +149,9 @@ const (
 	LossDeclaredElsewhere = "declared_elsewhere"
 )
 
-// errOldRedis is returned when the server cannot run SET … NX GET.
-var errOldRedis = errors.New("Redis 7.0 or later is required (SET with NX and GET)")
+// errOldRedis is returned for a server older than the one the store is
+// built and tested against (GETEX, for the marker, needs 6.2).
+var errOldRedis = errors.New("Redis 7.0 or later is required")
 
 // errEvicting is returned for a server that may evict keys to free memory:
 // an evicted replay record is a proof that can be used again, and nothing

@@ -74,10 +74,11 @@ type RedisReplayOptions struct {
 // (single server, Sentinel or Cluster).
 //
 // Recording. Each FirstUse is one `SET <prefix>v1:dpop:<key> <value> PX <ttl>
-// NX GET`, whose value is unique to the call. The reply tells a fresh proof
-// (no previous value, or this call's own value: go-redis retried a SET whose
-// first attempt the server had executed) from a replay (anyone else's value),
-// so a retried or timed-out SET never refuses the proof that set the key.
+// NX`, whose value is unique to the call. OK is a fresh proof. When the key
+// was there, a GET tells this call's own value (go-redis, or a timeout,
+// sent a SET again whose first attempt the server had executed: still
+// fresh) from anyone else's (a replay), so a retried or timed-out SET never
+// refuses the proof that set the key.
 //
 // Lost records. A Redis that restarts without persistence, a failover that
 // loses the last replicated writes, or a FLUSHALL would make every recent
@@ -204,7 +205,7 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 	var call *replayCall
 	for attempt := 0; ; attempt++ {
 		call = &replayCall{
-			cmd:  redis.NewStringCmd(ctx, "set", full, val, "px", ms, "nx", "get"),
+			cmd:  redis.NewStatusCmd(ctx, "set", full, val, "px", ms, "nx"),
 			val:  val,
 			turn: make(chan bool, 1),
 		}
@@ -225,14 +226,21 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 			return false, r.failure(ctx, sh, err)
 		}
 	}
-	prev, err := call.cmd.Result()
-	switch {
-	case errors.Is(err, redis.Nil) || (err == nil && prev == val):
-		// Fresh: nobody had set the key, or this call's own first attempt did.
-	case err != nil:
-		return false, r.failure(ctx, sh, err)
-	default:
-		return false, nil // set by another call: a replay
+	if errors.Is(call.cmd.Err(), redis.Nil) {
+		// The key was there: a replay, unless this call's own earlier
+		// attempt set it (its reply lost, go-redis or the loop above sent
+		// the SET again). Asked only then, so a fresh proof costs one
+		// command whose reply is not an error (go-redis handles a nil reply
+		// in a pipeline as a failed command, at a cost).
+		prev, err := sh.client.Get(ctx, full).Result()
+		switch {
+		case err == nil && prev == val:
+			// Fresh: this call's own first attempt set the key.
+		case err == nil || errors.Is(err, redis.Nil):
+			return false, nil // set by another call: a replay
+		default:
+			return false, r.failure(ctx, sh, err)
+		}
 	}
 	if call.untrusted != nil {
 		return false, r.failure(ctx, sh, call.untrusted)
@@ -361,7 +369,7 @@ func (sh *redisShard) recovering() error {
 
 // replayCall is one FirstUse waiting for its batch.
 type replayCall struct {
-	cmd       *redis.StringCmd
+	cmd       *redis.StatusCmd
 	val       string
 	err       error     // the batch's error when its commands never ran
 	untrusted error     // set when the batch could not confirm the shard kept its records
