@@ -136,6 +136,7 @@ type k8sObject struct {
 				Containers []struct {
 					Name  string   `yaml:"name"`
 					Args  []string `yaml:"args"`
+					Image string   `yaml:"image"`
 					Ports []struct {
 						Name          string `yaml:"name"`
 						ContainerPort int    `yaml:"containerPort"`
@@ -251,10 +252,30 @@ func TestKubernetesExample(t *testing.T) {
 		t.Errorf("resources: want cpu and memory requests and a memory limit, got %+v", c.Resources)
 	}
 
+	// The image: a registry's, by version (a bare name is Docker Hub's; :latest moves).
+	if name, tag, _ := strings.Cut(c.Image, ":"); !strings.Contains(name, "/") || !strings.Contains(strings.SplitN(name, "/", 2)[0], ".") || tag == "" || tag == "latest" {
+		t.Errorf("image %q: want a registry-qualified name with a version tag", c.Image)
+	}
+
 	// The Caddyfile: mounted where the container's --config names it.
 	caddyfile, ok := cm.Data["Caddyfile"]
 	if !ok {
 		t.Fatal("the ConfigMap has no Caddyfile")
+	}
+	// Every variable it reads without a default is named by require_env, so
+	// a missing one is an error that names it.
+	required := map[string]bool{}
+	for _, line := range strings.Split(caddyfile, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "require_env" {
+			for _, v := range f[1:] {
+				required[v] = true
+			}
+		}
+	}
+	for v, hasDefault := range varsRead(caddyfile) {
+		if !hasDefault && !required[v] && strings.Contains(caddyfile, "{$"+v+"}") {
+			t.Errorf("the ConfigMap's Caddyfile reads {$%s} with no default, and require_env does not name it", v)
+		}
 	}
 	configArg := argAfter(c.Args, "--config")
 	var mounted string
