@@ -232,7 +232,9 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 		// the SET again). Asked only then, so a fresh proof costs one
 		// command whose reply is not an error (go-redis handles a nil reply
 		// in a pipeline as a failed command, at a cost).
-		prev, err := sh.client.Get(ctx, full).Result()
+		gctx, cancel := context.WithTimeout(ctx, r.timeout)
+		prev, err := sh.client.Get(gctx, full).Result()
+		cancel()
 		switch {
 		case err == nil && prev == val:
 			// Fresh: this call's own first attempt set the key.
