@@ -20,13 +20,12 @@ const nonceMAC = 16
 // nonces, and nothing is stored.
 type Nonces struct {
 	secret []byte
-	skew   time.Duration
 }
 
-// NewNonces returns a nonce issuer for secret; skew is how far in the future a
-// nonce's time may lie (replicas' clocks differ).
-func NewNonces(secret []byte, skew time.Duration) *Nonces {
-	return &Nonces{secret: append([]byte(nil), secret...), skew: skew}
+// NewNonces returns a nonce issuer for secret. The verifier judges a
+// nonce's age (Age) against NonceLifetime and its own future skew.
+func NewNonces(secret []byte) *Nonces {
+	return &Nonces{secret: append([]byte(nil), secret...)}
 }
 
 // Issue returns a nonce stamped with now.
@@ -52,12 +51,6 @@ func (n *Nonces) Age(nonce string, now time.Time) (time.Duration, bool) {
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(buf[:8])), 0)
 	return now.Sub(issued), true
-}
-
-// Valid reports whether nonce is genuine and neither stale nor from the future.
-func (n *Nonces) Valid(nonce string, now time.Time) bool {
-	age, ok := n.Age(nonce, now)
-	return ok && age >= -n.skew && age <= NonceLifetime
 }
 
 func (n *Nonces) mac(stamp []byte) []byte {

@@ -93,7 +93,7 @@ func NewVerifier(cfg Config, keys KeySource, replay ReplayStore, clock Clock) (*
 		replayTTL:    cfg.DPoPMaxAge + cfg.DPoPFutureSkew + time.Second,
 	}
 	if len(cfg.NonceSecret) > 0 {
-		v.nonces = NewNonces(cfg.NonceSecret, cfg.DPoPFutureSkew)
+		v.nonces = NewNonces(cfg.NonceSecret)
 	}
 	if cfg.PublicOrigin != "" {
 		o, err := NormalizeHTU(cfg.PublicOrigin)

@@ -432,10 +432,10 @@ func TestNonce(t *testing.T) {
 		t.Fatal("no nonce issued")
 	}
 	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = "made-up" })), UseNonce, "nonce_stale")
-	other := NewNonces([]byte("another secret, another gateway!"), time.Second).Issue(f.now)
+	other := NewNonces([]byte("another secret, another gateway!")).Issue(f.now)
 	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = other })), UseNonce, "nonce_stale")
 	// A nonce of ours, but dated later than the future skew allows.
-	future := NewNonces([]byte("0123456789abcdef0123456789abcdef"), time.Second).Issue(f.now.Add(time.Minute))
+	future := NewNonces([]byte("0123456789abcdef0123456789abcdef")).Issue(f.now.Add(time.Minute))
 	f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = future })), UseNonce, "nonce_stale")
 	p := f.check(t, f.request(tok, f.proof(tok, func(h, c map[string]any) { c["nonce"] = nonce; c["jti"] = "n1" })), 0, "")
 	if p.NonceRefresh != "" {
