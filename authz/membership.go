@@ -3,7 +3,6 @@ package authz
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -213,7 +212,3 @@ func tierRank(source string) int {
 	}
 }
 
-// String is for logs.
-func (m *MembershipCheck) String() string {
-	return fmt.Sprintf("membership %s (%s)", m.Service, m.Rule)
-}
