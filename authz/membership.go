@@ -211,4 +211,3 @@ func tierRank(source string) int {
 		return 2
 	}
 }
-
