@@ -302,6 +302,12 @@ func (c *CachedMembership) firstOutcome(ok bool) {
 // Sentinel, every dial asks a Sentinel for the master's address, so the
 // attempt after a Sentinel names the new master (at most subscribeMaxBackoff
 // later) reaches it.
+//
+// Messages are read with ReceiveTimeout rather than go-redis's
+// PubSub.Channel: Channel reconnects on its own, silently, so a gap in the
+// subscription (invalidations missed while it was down) could not be seen
+// and answered by dropping the in-process tier, and its pings and
+// reconnects keep no count of failures for the backoff above.
 func (c *CachedMembership) subscribeLoop(ctx context.Context) {
 	channel := InvalidationChannel(c.rt.prefix)
 	backoff := subscribeMinBackoff
