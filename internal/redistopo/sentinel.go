@@ -337,8 +337,10 @@ func (s *Sentinel) WaitFailover(ctx context.Context, oldAddr string) (newAddr st
 	return newAddr, nil
 }
 
-// WaitFirstNamed polls the live sentinels until one names a master other
-// than oldAddr (SENTINEL get-master-addr-by-name, what a client asks), and
+// WaitFirstNamed polls the live sentinels until a majority of them name the
+// same master other than oldAddr (SENTINEL get-master-addr-by-name, what a
+// client asks; a single sentinel may name the pick of an attempt that a
+// later epoch overrides), and
 // returns that address and the time of the answer: the moment clients can
 // first find the new master, as closely as a poll every 25 ms tells it.
 // The leader of the failover names the new master once that replica
@@ -346,8 +348,12 @@ func (s *Sentinel) WaitFailover(ctx context.Context, oldAddr string) (newAddr st
 // sentinel polls INFO once a second); the other sentinels follow later,
 // which WaitFailover waits for.
 func (s *Sentinel) WaitFirstNamed(ctx context.Context, oldAddr string) (newAddr string, at time.Time, err error) {
-	err = poll(ctx, "a sentinel naming a master other than "+oldAddr, func(ctx context.Context) error {
+	// A majority, not the first sentinel: a sentinel that led an attempt a
+	// later epoch overrode names a master that will not last.
+	majority := len(s.clients)/2 + 1
+	err = poll(ctx, "a majority of sentinels naming a master other than "+oldAddr, func(ctx context.Context) error {
 		var errs []error
+		named := map[string]int{}
 		for i, c := range s.clients {
 			if !s.Sentinels[i].Alive() {
 				continue
@@ -361,14 +367,17 @@ func (s *Sentinel) WaitFirstNamed(ctx context.Context, oldAddr string) (newAddr 
 			case net.JoinHostPort(hp[0], hp[1]) == oldAddr:
 				errs = append(errs, fmt.Errorf("%s still names %s", s.Sentinels[i], oldAddr))
 			default:
-				newAddr, at = net.JoinHostPort(hp[0], hp[1]), time.Now()
-				return nil
+				addr := net.JoinHostPort(hp[0], hp[1])
+				if named[addr]++; named[addr] >= majority {
+					newAddr, at = addr, time.Now()
+					return nil
+				}
 			}
 		}
-		if len(errs) == 0 {
+		if len(errs) == 0 && len(named) == 0 {
 			return stopPolling{fmt.Errorf("no live sentinel")}
 		}
-		return errors.Join(errs...)
+		return fmt.Errorf("no majority yet (%v): %w", named, errors.Join(errs...))
 	})
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("redistopo: %w", err)
