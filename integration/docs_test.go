@@ -96,16 +96,9 @@ var (
 	hasSubdirectiveRE    = func(name string) *regexp.Regexp { return regexp.MustCompile(`(?m)^\s*` + name + `\s`) }
 )
 
-// testEnvValue is the value a snippet's environment variable gets: a fixed
-// one for the variables Caddyfile.example and the docs use, else one chosen
-// by the name's suffix.
+// testEnvValue is the value a snippet's environment variable gets, chosen by
+// the name's suffix.
 func testEnvValue(name string) string {
-	switch name {
-	case "HELSEGATE_ENVIRONMENT":
-		return "production"
-	case "REDIS_URL":
-		return "redis://127.0.0.1:6379/0"
-	}
 	switch u := strings.ToUpper(name); {
 	case strings.Contains(u, "REDIS") && strings.HasSuffix(u, "_URL"):
 		return "redis://127.0.0.1:6379/0"

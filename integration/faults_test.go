@@ -378,13 +378,35 @@ func (rig *faultRig) checkInvalidation(t *testing.T) {
 	}
 }
 
+// waitTraffic waits until the driver has had n fresh proofs accepted by
+// each replica.
+func (rig *faultRig) waitTraffic(t *testing.T, d *driver, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ok [2]int
+		for _, a := range d.snapshot() {
+			if !a.replay && a.status == http.StatusOK {
+				ok[a.replica]++
+			}
+		}
+		if ok[0] >= n && ok[1] >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver had %v fresh proofs accepted in 30 s, want %d on each replica", ok, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // runOutage drives load across fault (which kills and brings back Redis and
 // returns when it answers again), then checks replays and recovery.
 func (rig *faultRig) runOutage(t *testing.T, fault func() (killed, back time.Time)) (attempts []attempt, killed, back time.Time) {
 	t.Helper()
 	pre := rig.preOutageProofs(t, 5)
 	d := rig.startDriver(t)
-	time.Sleep(time.Second) // some traffic on the healthy store
+	rig.waitTraffic(t, d, 8) // some traffic on the healthy store, on both replicas
 	killed, back = fault()
 	t.Logf("redis down at %s, answering again at %s (%v)", killed.Format("15:04:05.000"), back.Format("15:04:05.000"), back.Sub(killed))
 	// Traffic until both replicas accepted fresh proofs for a while again
