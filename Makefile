@@ -70,9 +70,9 @@ test:
 # Redis (HELSEGATE_TEST_REDIS, default 127.0.0.1:6379; else it starts
 # redis-server if installed). The last line is the ES256 ratio. Flags via
 # BENCH_FLAGS, e.g. BENCH_FLAGS='-cpuprofile es256.pprof' (see
-# integration/cmd/hgbench).
+# cmd/hgbench).
 bench: build
-	$(GO) build -o bin/hgbench ./integration/cmd/hgbench
+	$(GO) build -o bin/hgbench ./cmd/hgbench
 	./bin/hgbench -bin $(BIN) $(BENCH_FLAGS)
 
 # A soak of two gateway replicas sharing one Redis under faults (Redis
@@ -92,7 +92,7 @@ soak: build
 # per request from strace -c. Needs valgrind (and strace, optional). The last
 # line is the ES256 ratio. About 5 minutes; see docs/performance.md.
 bench-instructions: build
-	$(GO) build -o bin/hgbench ./integration/cmd/hgbench
+	$(GO) build -o bin/hgbench ./cmd/hgbench
 	./bin/hgbench -bin $(BIN) -instructions $(BENCH_FLAGS)
 
 # The go-test micro benchmarks beside the hot paths.

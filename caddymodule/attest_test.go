@@ -10,7 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 const attestPID = "17056600574"

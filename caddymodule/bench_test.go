@@ -17,8 +17,8 @@ import (
 
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/cache"
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // The ServeHTTP benchmarks measure the handler's whole cost for one allowed

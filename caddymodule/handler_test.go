@@ -15,8 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/helsegate/helsegate/cache"
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 type handlerFixture struct {

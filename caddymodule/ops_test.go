@@ -34,7 +34,7 @@ import (
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/cache"
 	"github.com/helsegate/helsegate/cache/registry"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // Synthetic identities (HelseID's public test values): they must never

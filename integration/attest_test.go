@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
-	"github.com/helsegate/helsegate/integration/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
 
 // The trust-framework attest through the real binary: every denial with its

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // A test national identity number and HPR number for user tokens.

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // identityHeaders returns the upstream headers whose name, lower-cased and

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // privateSim starts a simulator for one test (for tests that rotate its keys

@@ -23,9 +23,9 @@ import (
 
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/cache"
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
-	"github.com/helsegate/helsegate/integration/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
 
 // service is the membership service of every test.

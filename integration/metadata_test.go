@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // rfc9728Document is an RFC 9728 §2 protected-resource metadata document,

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // goroutines reads "goroutine profile: total N" from the admin endpoint and

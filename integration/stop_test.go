@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
 
 // A clean stop (SIGINT) of a gateway with Redis, a registry and a live

@@ -15,8 +15,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 func init() {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // tokenCatcher is a gateway that answers 200 and keeps the claims of the

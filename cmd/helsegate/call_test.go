@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 )
 
 // newCallCmd returns a call command with flags set, writing to out.

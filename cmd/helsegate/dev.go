@@ -18,8 +18,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
-	"github.com/helsegate/helsegate/integration/helseidsim"
-	"github.com/helsegate/helsegate/integration/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
 
 // devMembers is the registry of 'helsegate dev' unless --members names a file:

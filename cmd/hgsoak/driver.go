@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 )
 
 // record is one request and its answer.

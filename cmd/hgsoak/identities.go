@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/dpopclient"
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 // tokenRefresh is how long a client uses one access token: short enough

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/helseidsim"
-	"github.com/helsegate/helsegate/integration/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
 
 // logf prints a progress line with the time.

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/internal/loopback"
+	"github.com/helsegate/helsegate/internal/devkit/loopback"
 )
 
 // Paths served by the simulator, relative to the issuer.

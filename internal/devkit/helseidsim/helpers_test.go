@@ -13,7 +13,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 var kidRE = regexp.MustCompile(`^[0-9A-F]{40}$`)

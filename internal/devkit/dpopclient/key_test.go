@@ -8,7 +8,7 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 )
 
 func newKey(t *testing.T, alg string) *dpopclient.Key {

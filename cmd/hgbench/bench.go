@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/helseidsim"
-	"github.com/helsegate/helsegate/integration/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
 
 // Sizes of the untimed parts of a configuration.

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 func TestStartRefusesNonLoopback(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/integration/internal/loopback"
+	"github.com/helsegate/helsegate/internal/devkit/loopback"
 )
 
 // LookupPattern is the route of contract v1, as a net/http pattern.

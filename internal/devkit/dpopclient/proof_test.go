@@ -11,7 +11,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 )
 
 // verifyProof checks p with jwx against want (or, if nil, its embedded

@@ -12,7 +12,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"golang.org/x/sys/unix"
 
-	"github.com/helsegate/helsegate/integration/dpopclient"
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 )
 
 // Bounds of one verify-floor measurement.

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/helsegate/helsegate/integration/helseidsim"
+	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
 func TestMintVerifiesWithClaims(t *testing.T) {
