@@ -550,9 +550,17 @@ func TestMembershipBreaker(t *testing.T) {
 	url := g.url(0, "/api/b")
 
 	t.Run("one registry call per org at a time", func(t *testing.T) {
+		// A gateway of its own with a long registry timeout: the registry
+		// holds the one lookup until every request has missed the
+		// in-process tier, so the test depends on no timing.
+		hold := startGateway(t, 1, simpleSite(sharedSim.Issuer(), up.URL(),
+			membershipBlock("registry "+reg.URL(), "timeout 30s"),
+			redisBlock(redisAddr(), prefix)))
+		url := hold.url(0, "/api/b")
 		org := newOrg(t)
 		reg.Set(active(org))
-		reg.SetFailure(registrysim.Slow(150 * time.Millisecond))
+		calls := reg.Calls()
+		reg.SetFailure(registrysim.Hang())
 		defer reg.SetFailure(registrysim.None())
 		const n = 10
 		headers := make([]map[string][]string, n)
@@ -560,6 +568,8 @@ func TestMembershipBreaker(t *testing.T) {
 			tok := c.token(t, helseidsim.TokenSpec{OrgParent: org})
 			headers[i] = dpopHeaders(tok, c.proof(t, "GET", url, tok, dpopclient.ProofOptions{}))
 		}
+		localMiss := opsSeries("caddy_helseid_membership_cache_results_total", "result", "miss", "tier", "local")
+		before, _ := opsScrape(t, hold)
 		statuses := make([]int, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup
@@ -579,13 +589,29 @@ func TestMembershipBreaker(t *testing.T) {
 				statuses[i] = resp.StatusCode
 			})
 		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			now, _ := opsScrape(t, hold)
+			if now[localMiss]-before[localMiss] >= n && reg.Held() >= 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the %d requests did not all reach the membership lookup: %v more local misses, %d lookups held",
+					n, now[localMiss]-before[localMiss], reg.Held())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if held := reg.Held(); held != 1 {
+			t.Errorf("%d concurrent requests for one uncached org hold %d registry lookups, want 1", n, held)
+		}
+		reg.SetFailure(registrysim.None())
 		wg.Wait()
 		for i := range n {
 			if errs[i] != nil || statuses[i] != http.StatusOK {
 				t.Errorf("concurrent request %d: %d %v", i, statuses[i], errs[i])
 			}
 		}
-		if got := reg.Calls(); got != 1 {
+		if got := reg.Calls() - calls; got != 1 {
 			t.Errorf("%d concurrent requests for one uncached org made %d registry calls, want 1", n, got)
 		}
 	})
