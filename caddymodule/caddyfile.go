@@ -228,8 +228,7 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 			// A JSON boolean: nothing is left to resolve it at Provision.
 			return d.Errf("forward_token must be on or off, not a runtime placeholder (%q); {$VAR} substitutes the environment when the Caddyfile is adapted", s)
 		}
-		on := s == "on"
-		h.ForwardToken = &on
+		h.StripToken = s == "off"
 		return nil
 	case "membership":
 		return h.unmarshalMembership(d)

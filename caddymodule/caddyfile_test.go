@@ -50,7 +50,6 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	off := false
 	want := Handler{
 		Issuer:           "https://helseid-sts.test.nhn.no",
 		JWKSURL:          "https://helseid-sts.test.nhn.no/.well-known/openid-configuration/jwks",
@@ -71,7 +70,7 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		RequireHPR:       true,
 		Redis:            &cache.RedisConfig{URL: "redis://127.0.0.1:6379/2", KeyPrefix: "hg:", TLS: true},
 		OnStoreError:     "deny",
-		ForwardToken:     &off,
+		StripToken:       true,
 		Route:            "kjernejournal-pjd",
 	}
 	got, _ := json.Marshal(h)

@@ -111,8 +111,9 @@ type Handler struct {
 	// With Redis unreachable: "local" (default) falls back to the in-process
 	// store, "deny" refuses the request with 503.
 	OnStoreError string `json:"on_store_error,omitempty"`
-	// Pass Authorization and DPoP upstream unchanged. Default: true.
-	ForwardToken *bool `json:"forward_token,omitempty"`
+	// Remove Authorization and DPoP before passing the request on (the
+	// Caddyfile's forward_token off). Default: false, they go upstream unchanged.
+	StripToken bool `json:"strip_token,omitempty"`
 
 	// RFC 9728 protected-resource metadata: the handler serves the route's
 	// document at its well-known URL and names it in 401 challenges. Absent:
@@ -141,7 +142,6 @@ type Handler struct {
 
 	resourceMetadataAt caddyfile.Token // where the Caddyfile said resource_metadata, for its errors
 	poolKeys           []string
-	forward            bool
 	depLog             *logEvery // dead-dependency lines: at most one per 10 s
 	metrics            *routeMetrics
 }
@@ -205,7 +205,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("helseid: %w", err)
 	}
-	h.forward = h.ForwardToken == nil || *h.ForwardToken
 	if h.ResourceMetadata != nil {
 		if h.metadata, err = newResourceMetadata(h.ResourceMetadata, h.verifier.Config(), h.readsAttest()); err != nil {
 			return fmt.Errorf("helseid: %w", err)
@@ -379,7 +378,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if p.NonceRefresh != "" {
 		w.Header().Set("DPoP-Nonce", p.NonceRefresh)
 	}
-	if !h.forward {
+	if h.StripToken {
 		r.Header.Del("Authorization")
 		r.Header.Del("DPoP")
 	}
