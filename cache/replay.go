@@ -215,7 +215,7 @@ func ValidateFallbackMode(mode string) error {
 	case FallbackLocal, FallbackDeny, "":
 		return nil
 	}
-	return fmt.Errorf("cache: unknown on_store_error mode %q (want %s or %s)", mode, FallbackLocal, FallbackDeny)
+	return fmt.Errorf("on_store_error must be %s or %s, not %q", FallbackLocal, FallbackDeny, mode)
 }
 
 // FirstUse records key in the local tier, then in the shared one. See

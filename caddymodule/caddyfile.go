@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -87,16 +88,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]caddyfile.Token{} // where each subdirective was read
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if _, dup := seen[name]; dup {
-			return d.Errf("duplicate subdirective %q", name)
-		}
-		seen[name] = d.Token()
-		if err := h.unmarshalSubdirective(d, name); err != nil {
-			return err
-		}
+	seen, err := parseBlock(d, "subdirective", h, subdirectives, nil)
+	if err != nil {
+		return err
 	}
 	if h.Issuer == "" {
 		return d.Err("helseid: issuer is required")
@@ -104,12 +98,82 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if h.Audience == "" {
 		return d.Err("helseid: audience is required")
 	}
-	for _, name := range []string{"attest_max_age", "purposes"} {
-		if tok, ok := seen[name]; ok && h.Attest == "" {
-			return fmt.Errorf("helseid: attest_max_age and purposes need attest required or optional, at %s:%d", tok.File, tok.Line)
+	if err := h.checkAttestOptions(); err != nil {
+		tok, ok := seen["attest_max_age"]
+		if !ok {
+			tok = seen["purposes"]
 		}
+		return fmt.Errorf("helseid: %w, at %s:%d", err, tok.File, tok.Line)
 	}
 	return h.checkResourceMetadata()
+}
+
+// parsers are the parsers of a block's subdirectives, by name: each reads
+// its arguments (and any block of its own) into the config.
+type parsers[T any] map[string]func(*T, *caddyfile.Dispenser) error
+
+// parseBlock reads the block that follows at d into dst, each subdirective
+// by its parser and none twice. what names them in errors ("subdirective",
+// "redis option"); alias maps a second spelling to the name it stands for,
+// so that the two count as one. It returns where each was read (by the
+// name an alias stands for), for the errors found once the whole block is
+// known.
+func parseBlock[T any](d *caddyfile.Dispenser, what string, dst *T, ps parsers[T], alias map[string]string) (map[string]caddyfile.Token, error) {
+	seen := map[string]caddyfile.Token{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		key := name
+		if a, ok := alias[name]; ok {
+			key = a
+		}
+		if _, dup := seen[key]; dup {
+			return nil, d.Errf("duplicate %s %q", what, name)
+		}
+		seen[key] = d.Token()
+		parse, ok := ps[name]
+		if !ok {
+			return nil, d.Errf("unknown %s %q", what, name)
+		}
+		if err := parse(dst, d); err != nil {
+			return nil, err
+		}
+	}
+	return seen, nil
+}
+
+// dispenser shortens the parser tables' lines.
+type dispenser = caddyfile.Dispenser
+
+// subdirectives are the parsers of the helseid block.
+var subdirectives = parsers[Handler]{
+	"issuer":             func(h *Handler, d *dispenser) error { return h.pinnedURL(d, &h.Issuer) },
+	"jwks_url":           func(h *Handler, d *dispenser) error { return h.pinnedURL(d, &h.JWKSURL) },
+	"audience":           func(h *Handler, d *dispenser) error { return oneArg(d, &h.Audience) },
+	"single_audience":    func(h *Handler, d *dispenser) error { return flag(d, &h.SingleAudience) },
+	"scopes":             func(h *Handler, d *dispenser) error { return someArgs(d, &h.Scopes, nil) },
+	"token_types":        func(h *Handler, d *dispenser) error { return someArgs(d, &h.TokenTypes, nil) },
+	"algorithms":         func(h *Handler, d *dispenser) error { return someArgs(d, &h.Algorithms, authz.CheckAlgorithm) },
+	"dpop_algorithms":    func(h *Handler, d *dispenser) error { return someArgs(d, &h.DPoPAlgorithms, authz.CheckAlgorithm) },
+	"clock_skew":         func(h *Handler, d *dispenser) error { return duration(d, &h.ClockSkew) },
+	"dpop_max_age":       func(h *Handler, d *dispenser) error { return duration(d, &h.DPoPMaxAge) },
+	"dpop_future_skew":   func(h *Handler, d *dispenser) error { return duration(d, &h.DPoPFutureSkew) },
+	"dpop":               func(h *Handler, d *dispenser) error { return oneOf(d, &h.DPoP, "required", "optional") },
+	"dpop_nonce":         func(h *Handler, d *dispenser) error { return checkedArg(d, &h.DPoPNonce, checkNonceSecret) },
+	"public_origin":      func(h *Handler, d *dispenser) error { return checkedArg(d, &h.PublicOrigin, authz.CheckOrigin) },
+	"token_kind":         func(h *Handler, d *dispenser) error { return oneOf(d, &h.TokenKind, "user", "machine", "any") },
+	"min_security_level": (*Handler).unmarshalSecurityLevel,
+	"require_hpr":        func(h *Handler, d *dispenser) error { return flag(d, &h.RequireHPR) },
+	"attest":             func(h *Handler, d *dispenser) error { return oneOf(d, &h.Attest, "required", "optional") },
+	"attest_max_age":     func(h *Handler, d *dispenser) error { return duration(d, &h.AttestMaxAge) },
+	"purposes":           (*Handler).unmarshalPurposes,
+	"redis":              (*Handler).unmarshalRedis,
+	"forward_token":      (*Handler).unmarshalForwardToken,
+	"membership":         (*Handler).unmarshalMembership,
+	"resource_metadata":  (*Handler).unmarshalResourceMetadata,
+	"route":              (*Handler).unmarshalRoute,
+	"on_store_error": func(h *Handler, d *dispenser) error {
+		return checkedArg(d, &h.OnStoreError, cache.ValidateFallbackMode)
+	},
 }
 
 // unmarshalResourceMetadata reads resource_metadata [<resource>]: an
@@ -140,114 +204,60 @@ func (h *Handler) checkResourceMetadata() error {
 	return nil
 }
 
-func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) error {
-	switch name {
-	case "issuer":
-		return h.pinnedURL(d, &h.Issuer)
-	case "jwks_url":
-		return h.pinnedURL(d, &h.JWKSURL)
-	case "audience":
-		return oneArg(d, &h.Audience)
-	case "single_audience":
-		return flag(d, &h.SingleAudience)
-	case "scopes":
-		return someArgs(d, &h.Scopes, nil)
-	case "token_types":
-		return someArgs(d, &h.TokenTypes, nil)
-	case "algorithms":
-		return someArgs(d, &h.Algorithms, authz.CheckAlgorithm)
-	case "dpop_algorithms":
-		return someArgs(d, &h.DPoPAlgorithms, authz.CheckAlgorithm)
-	case "clock_skew":
-		return duration(d, &h.ClockSkew)
-	case "dpop_max_age":
-		return duration(d, &h.DPoPMaxAge)
-	case "dpop_future_skew":
-		return duration(d, &h.DPoPFutureSkew)
-	case "dpop":
-		return oneOf(d, &h.DPoP, "required", "optional")
-	case "dpop_nonce":
-		if err := oneArg(d, &h.DPoPNonce); err != nil {
-			return err
-		}
-		if !hasPlaceholder(h.DPoPNonce) && len(h.DPoPNonce) < 16 {
-			return d.Err("dpop_nonce secret must be at least 16 characters")
-		}
-		return nil
-	case "public_origin":
-		if err := oneArg(d, &h.PublicOrigin); err != nil {
-			return err
-		}
-		if !hasPlaceholder(h.PublicOrigin) {
-			if err := authz.CheckOrigin(h.PublicOrigin); err != nil {
-				return d.Err(err.Error())
-			}
-		}
-		return nil
-	case "token_kind":
-		return oneOf(d, &h.TokenKind, "user", "machine", "any")
-	case "min_security_level":
-		var s string
-		if err := oneArg(d, &s); err != nil {
-			return err
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 4 {
-			return d.Errf("min_security_level must be 1, 2, 3 or 4, not %q", s)
-		}
-		h.MinSecurityLevel = n
-		return nil
-	case "require_hpr":
-		return flag(d, &h.RequireHPR)
-	case "attest":
-		return oneOf(d, &h.Attest, "required", "optional")
-	case "attest_max_age":
-		return duration(d, &h.AttestMaxAge)
-	case "purposes":
-		if err := someArgs(d, &h.Purposes, authz.CheckPurpose); err != nil {
-			return err
-		}
-		for i, code := range h.Purposes {
-			for _, prev := range h.Purposes[:i] {
-				if code == prev {
-					return d.Errf("purposes: %q is named twice", code)
-				}
-			}
-		}
-		return nil
-	case "redis":
-		return h.unmarshalRedis(d)
-	case "on_store_error":
-		return oneOf(d, &h.OnStoreError, "local", "deny")
-	case "forward_token":
-		var s string
-		if err := oneOf(d, &s, "on", "off"); err != nil {
-			return err
-		}
-		if hasPlaceholder(s) {
-			// A JSON boolean: nothing is left to resolve it at Provision.
-			return d.Errf("forward_token must be on or off, not a runtime placeholder (%q); {$VAR} substitutes the environment when the Caddyfile is adapted", s)
-		}
-		on := s == "on"
-		h.ForwardToken = &on
-		return nil
-	case "membership":
-		return h.unmarshalMembership(d)
-	case "resource_metadata":
-		return h.unmarshalResourceMetadata(d)
-	case "route":
-		if err := oneArg(d, &h.Route); err != nil {
-			return err
-		}
-		if !validRoute.MatchString(h.Route) {
-			return d.Errf("route %q must be 1 to 64 of a-z A-Z 0-9 _ . - (a name for the API, never a path)", h.Route)
-		}
-		return nil
-	default:
-		return d.Errf("unknown subdirective %q", name)
+// unmarshalSecurityLevel reads min_security_level <1-4>.
+func (h *Handler) unmarshalSecurityLevel(d *caddyfile.Dispenser) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
 	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 4 {
+		return d.Errf("min_security_level must be 1, 2, 3 or 4, not %q", s)
+	}
+	h.MinSecurityLevel = n
+	return nil
 }
 
+// unmarshalPurposes reads purposes <code...>, each code once.
+func (h *Handler) unmarshalPurposes(d *caddyfile.Dispenser) error {
+	if err := someArgs(d, &h.Purposes, authz.CheckPurpose); err != nil {
+		return err
+	}
+	for i, code := range h.Purposes {
+		if slices.Contains(h.Purposes[:i], code) {
+			return d.Errf("purposes: %q is named twice", code)
+		}
+	}
+	return nil
+}
+
+// unmarshalForwardToken reads forward_token on|off.
+func (h *Handler) unmarshalForwardToken(d *caddyfile.Dispenser) error {
+	var s string
+	if err := oneOf(d, &s, "on", "off"); err != nil {
+		return err
+	}
+	if hasPlaceholder(s) {
+		// A JSON boolean: nothing is left to resolve it at Provision.
+		return d.Errf("forward_token must be on or off, not a runtime placeholder (%q); {$VAR} substitutes the environment when the Caddyfile is adapted", s)
+	}
+	h.StripToken = s == "off"
+	return nil
+}
+
+// unmarshalRoute reads route <name>. A placeholder is refused: the name is
+// a metrics label, fixed by the config.
+func (h *Handler) unmarshalRoute(d *caddyfile.Dispenser) error {
+	if err := oneArg(d, &h.Route); err != nil {
+		return err
+	}
+	if err := checkRoute(h.Route); err != nil {
+		return d.Errf("%v (a name for the API, never a path)", err)
+	}
+	return nil
+}
+
+// unmarshalRedis reads redis none | <url> | [<url>] { … }.
 func (h *Handler) unmarshalRedis(d *caddyfile.Dispenser) error {
 	r := &cache.RedisConfig{}
 	h.Redis = r
@@ -266,41 +276,40 @@ func (h *Handler) unmarshalRedis(d *caddyfile.Dispenser) error {
 		}
 		return nil
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return d.Errf("duplicate redis option %q", name)
-		}
-		seen[name] = true
-		var err error
-		switch name {
-		case "addrs":
-			err = someArgs(d, &r.Addrs, nil)
-		case "master_name":
-			err = oneArg(d, &r.MasterName)
-		case "username":
-			err = oneArg(d, &r.Username)
-		case "password":
-			err = oneArg(d, &r.Password)
-		case "db":
-			var s string
-			if err = oneArg(d, &s); err == nil {
-				if r.DB, err = strconv.Atoi(s); err != nil || r.DB < 0 {
-					return d.Errf("redis db must be a non-negative number, not %q", s)
-				}
-			}
-		case "tls":
-			err = flag(d, &r.TLS)
-		case "key_prefix":
-			err = oneArg(d, &r.KeyPrefix)
-		default:
-			return d.Errf("unknown redis option %q", name)
-		}
-		if err != nil {
-			return err
-		}
+	if _, err := parseBlock(d, "redis option", r, redisOptions, nil); err != nil {
+		return err
 	}
+	return checkRedisTarget(d, r)
+}
+
+// redisOptions are the parsers of the redis block.
+var redisOptions = parsers[cache.RedisConfig]{
+	"addrs":       func(r *cache.RedisConfig, d *dispenser) error { return someArgs(d, &r.Addrs, nil) },
+	"master_name": func(r *cache.RedisConfig, d *dispenser) error { return oneArg(d, &r.MasterName) },
+	"username":    func(r *cache.RedisConfig, d *dispenser) error { return oneArg(d, &r.Username) },
+	"password":    func(r *cache.RedisConfig, d *dispenser) error { return oneArg(d, &r.Password) },
+	"db":          unmarshalRedisDB,
+	"tls":         func(r *cache.RedisConfig, d *dispenser) error { return flag(d, &r.TLS) },
+	"key_prefix":  func(r *cache.RedisConfig, d *dispenser) error { return oneArg(d, &r.KeyPrefix) },
+}
+
+// unmarshalRedisDB reads db <n>.
+func unmarshalRedisDB(r *cache.RedisConfig, d *caddyfile.Dispenser) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return d.Errf("redis db must be a non-negative number, not %q", s)
+	}
+	r.DB = n
+	return nil
+}
+
+// checkRedisTarget checks, once the redis block is read, that it names one
+// target: a URL or addrs.
+func checkRedisTarget(d *caddyfile.Dispenser, r *cache.RedisConfig) error {
 	if r.URL == "" && len(r.Addrs) == 0 {
 		return d.Err("redis needs a URL or addrs")
 	}
@@ -346,12 +355,19 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 // oneURL reads one http(s) URL; https unless loopback.
 func oneURL(d *caddyfile.Dispenser, dst *string) error {
 	name := d.Val()
+	return checkedArg(d, dst, func(s string) error { return authz.CheckURL(name, s) })
+}
+
+// checkedArg reads exactly one argument and, unless it holds a placeholder
+// (checked at Provision, once resolved), checks it with check: the rule the
+// JSON config is held to as well.
+func checkedArg(d *caddyfile.Dispenser, dst *string, check func(string) error) error {
 	if err := oneArg(d, dst); err != nil {
 		return err
 	}
 	if !hasPlaceholder(*dst) {
-		if err := authz.CheckURL(name, *dst); err != nil {
-			return d.Err(err.Error())
+		if err := check(*dst); err != nil {
+			return d.WrapErr(err)
 		}
 	}
 	return nil

@@ -50,7 +50,6 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	off := false
 	want := Handler{
 		Issuer:           "https://helseid-sts.test.nhn.no",
 		JWKSURL:          "https://helseid-sts.test.nhn.no/.well-known/openid-configuration/jwks",
@@ -71,7 +70,7 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		RequireHPR:       true,
 		Redis:            &cache.RedisConfig{URL: "redis://127.0.0.1:6379/2", KeyPrefix: "hg:", TLS: true},
 		OnStoreError:     "deny",
-		ForwardToken:     &off,
+		StripToken:       true,
 		Route:            "kjernejournal-pjd",
 	}
 	got, _ := json.Marshal(h)
@@ -103,72 +102,66 @@ func TestCaddyfileRedisBlock(t *testing.T) {
 }
 
 func TestCaddyfileErrors(t *testing.T) {
-	const head = "helseid {\n issuer https://helseid-sts.nhn.no\n audience nhn:kjernejournal\n"
+	// inBlock is a helseid block with issuer and audience, then body.
+	inBlock := func(body string) string {
+		return "helseid {\n issuer https://helseid-sts.nhn.no\n audience nhn:kjernejournal\n" + body + "}"
+	}
 	cases := []struct {
-		name, body, want string
+		name, input, want string
 	}{
-		{"argument on the directive", "", ""}, // placeholder; replaced below
-		{"unknown subdirective", " colour blue\n", `unknown subdirective "colour"`},
-		{"duplicate subdirective", " audience x\n", `duplicate subdirective "audience"`},
-		{"issuer missing value", "", ""},
-		{"jwks_url missing value", " jwks_url\n", "wrong argument count"},
-		{"issuer not https", "", ""},
-		{"unknown algorithm", " algorithms RS256 EdDSA\n", `unknown algorithm "EdDSA"`},
-		{"none algorithm", " dpop_algorithms none\n", `"none" is never accepted`},
-		{"hmac algorithm", " algorithms HS256\n", "HMAC"},
-		{"none access-token algorithm", " algorithms RS256 none\n", `"none" is never accepted`},
-		{"hmac proof algorithm", " dpop_algorithms ES256 HS512\n", "HMAC"},
-		{"bad duration", " clock_skew soon\n", `clock_skew must be a positive duration`},
-		{"negative duration", " dpop_max_age -5s\n", `dpop_max_age must be a positive duration`},
-		{"dpop mode", " dpop sometimes\n", "dpop must be required or optional"},
-		{"token kind", " token_kind robot\n", "token_kind must be user or machine or any"},
-		{"security level", " min_security_level 5\n", "min_security_level must be 1, 2, 3 or 4"},
-		{"flag with argument", " require_hpr yes\n", "wrong argument count"},
-		{"single_audience with argument", " single_audience yes\n", "wrong argument count"},
-		{"short nonce secret", " dpop_nonce abc\n", "at least 16 characters"},
-		{"public origin with path", " public_origin https://a.example/x\n", "public_origin must be scheme://host"},
-		{"jwks over http", " jwks_url http://keys.example/jwks\n", "https"},
-		{"store error mode", " on_store_error maybe\n", "on_store_error must be local or deny"},
-		{"forward token", " forward_token maybe\n", "forward_token must be on or off"},
-		{"forward token placeholder", " forward_token {env.FORWARD}\n", "not a runtime placeholder"},
-		{"redis extra argument", " redis redis://127.0.0.1:6379 redis://127.0.0.2:6379\n", "wrong argument count"},
-		{"redis url and addrs", " redis redis://127.0.0.1:6379 {\n addrs 127.0.0.2:6379\n }\n", "a URL or addrs, not both"},
-		{"redis bad addr", " redis {\n addrs 127.0.0.1\n }\n", "redis"},
-		{"redis without target", " redis {\n db 1\n }\n", "redis needs a URL or addrs"},
-		{"redis bad url", " redis mysql://x\n", "redis"},
-		{"redis unknown option", " redis redis://127.0.0.1 {\n pool 3\n }\n", `unknown redis option "pool"`},
-		{"redis duplicate option", " redis redis://127.0.0.1 {\n tls\n tls\n }\n", `duplicate redis option "tls"`},
-		{"redis bad db", " redis {\n addrs 127.0.0.1:6379\n db x\n }\n", "redis db must be"},
-		{"scopes without value", " scopes\n", "wrong argument count"},
-		{"route without value", " route\n", "wrong argument count"},
-		{"route with two values", " route a b\n", "wrong argument count"},
-		{"route is a path", " route /kjernejournal\n", "never a path"},
-		{"route is a placeholder", " route {env.ROUTE}\n", "never a path"},
-		{"route too long", " route " + strings.Repeat("r", 65) + "\n", "1 to 64"},
-		{"attest mode", " attest always\n", "attest must be required or optional"},
-		{"attest without value", " attest\n", "wrong argument count"},
-		{"attest twice", " attest required\n attest optional\n", `duplicate subdirective "attest"`},
-		{"attest_max_age bad", " attest required\n attest_max_age an-hour\n", "attest_max_age must be a positive duration"},
-		{"attest_max_age zero", " attest required\n attest_max_age 0s\n", "attest_max_age must be a positive duration"},
-		{"attest_max_age two values", " attest required\n attest_max_age 5m 10m\n", "wrong argument count"},
-		{"purposes without value", " attest required\n purposes\n", "wrong argument count"},
-		{"purposes twice the same", " attest required\n purposes BTG ETREAT BTG\n", `"BTG" is named twice`},
-		{"purposes not a code", " attest required\n purposes TREAT B/TG\n", `"B/TG" is not a purpose_of_use code`},
-		{"attest_max_age without attest", " attest_max_age 5m\n", "need attest required or optional"},
-		{"purposes without attest", " purposes BTG\n", "need attest required or optional"},
+		{"argument on the directive", "helseid extra {\n issuer https://x.example\n audience a\n}", "wrong argument count"},
+		{"unknown subdirective", inBlock(" colour blue\n"), `unknown subdirective "colour"`},
+		{"duplicate subdirective", inBlock(" audience x\n"), `duplicate subdirective "audience"`},
+		{"issuer missing value", "helseid {\n issuer\n audience a\n}", "wrong argument count"},
+		{"jwks_url missing value", inBlock(" jwks_url\n"), "wrong argument count"},
+		{"issuer not https", "helseid {\n issuer http://helseid-sts.nhn.no\n audience a\n}", "https"},
+		{"unknown algorithm", inBlock(" algorithms RS256 EdDSA\n"), `unknown algorithm "EdDSA"`},
+		{"none algorithm", inBlock(" dpop_algorithms none\n"), `"none" is never accepted`},
+		{"hmac algorithm", inBlock(" algorithms HS256\n"), "HMAC"},
+		{"none access-token algorithm", inBlock(" algorithms RS256 none\n"), `"none" is never accepted`},
+		{"hmac proof algorithm", inBlock(" dpop_algorithms ES256 HS512\n"), "HMAC"},
+		{"bad duration", inBlock(" clock_skew soon\n"), `clock_skew must be a positive duration`},
+		{"negative duration", inBlock(" dpop_max_age -5s\n"), `dpop_max_age must be a positive duration`},
+		{"dpop mode", inBlock(" dpop sometimes\n"), "dpop must be required or optional"},
+		{"token kind", inBlock(" token_kind robot\n"), "token_kind must be user or machine or any"},
+		{"security level", inBlock(" min_security_level 5\n"), "min_security_level must be 1, 2, 3 or 4"},
+		{"flag with argument", inBlock(" require_hpr yes\n"), "wrong argument count"},
+		{"single_audience with argument", inBlock(" single_audience yes\n"), "wrong argument count"},
+		{"short nonce secret", inBlock(" dpop_nonce abc\n"), "at least 16 characters"},
+		{"public origin with path", inBlock(" public_origin https://a.example/x\n"), "public_origin must be scheme://host"},
+		{"jwks over http", inBlock(" jwks_url http://keys.example/jwks\n"), "https"},
+		{"store error mode", inBlock(" on_store_error maybe\n"), "on_store_error must be local or deny"},
+		{"forward token", inBlock(" forward_token maybe\n"), "forward_token must be on or off"},
+		{"forward token placeholder", inBlock(" forward_token {env.FORWARD}\n"), "not a runtime placeholder"},
+		{"redis extra argument", inBlock(" redis redis://127.0.0.1:6379 redis://127.0.0.2:6379\n"), "wrong argument count"},
+		{"redis url and addrs", inBlock(" redis redis://127.0.0.1:6379 {\n addrs 127.0.0.2:6379\n }\n"), "a URL or addrs, not both"},
+		{"redis bad addr", inBlock(" redis {\n addrs 127.0.0.1\n }\n"), "redis"},
+		{"redis without target", inBlock(" redis {\n db 1\n }\n"), "redis needs a URL or addrs"},
+		{"redis bad url", inBlock(" redis mysql://x\n"), "redis"},
+		{"redis unknown option", inBlock(" redis redis://127.0.0.1 {\n pool 3\n }\n"), `unknown redis option "pool"`},
+		{"redis duplicate option", inBlock(" redis redis://127.0.0.1 {\n tls\n tls\n }\n"), `duplicate redis option "tls"`},
+		{"redis bad db", inBlock(" redis {\n addrs 127.0.0.1:6379\n db x\n }\n"), "redis db must be"},
+		{"scopes without value", inBlock(" scopes\n"), "wrong argument count"},
+		{"route without value", inBlock(" route\n"), "wrong argument count"},
+		{"route with two values", inBlock(" route a b\n"), "wrong argument count"},
+		{"route is a path", inBlock(" route /kjernejournal\n"), "never a path"},
+		{"route is a placeholder", inBlock(" route {env.ROUTE}\n"), "never a path"},
+		{"route too long", inBlock(" route " + strings.Repeat("r", 65) + "\n"), "1 to 64"},
+		{"attest mode", inBlock(" attest always\n"), "attest must be required or optional"},
+		{"attest without value", inBlock(" attest\n"), "wrong argument count"},
+		{"attest twice", inBlock(" attest required\n attest optional\n"), `duplicate subdirective "attest"`},
+		{"attest_max_age bad", inBlock(" attest required\n attest_max_age an-hour\n"), "attest_max_age must be a positive duration"},
+		{"attest_max_age zero", inBlock(" attest required\n attest_max_age 0s\n"), "attest_max_age must be a positive duration"},
+		{"attest_max_age two values", inBlock(" attest required\n attest_max_age 5m 10m\n"), "wrong argument count"},
+		{"purposes without value", inBlock(" attest required\n purposes\n"), "wrong argument count"},
+		{"purposes twice the same", inBlock(" attest required\n purposes BTG ETREAT BTG\n"), `"BTG" is named twice`},
+		{"purposes not a code", inBlock(" attest required\n purposes TREAT B/TG\n"), `"B/TG" is not a purpose_of_use code`},
+		{"attest_max_age without attest", inBlock(" attest_max_age 5m\n"), "need attest required or optional"},
+		{"purposes without attest", inBlock(" purposes BTG\n"), "need attest required or optional"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			input := head + tc.body + "}"
-			switch tc.name {
-			case "argument on the directive":
-				input, tc.want = "helseid extra {\n issuer https://x.example\n audience a\n}", "wrong argument count"
-			case "issuer missing value":
-				input, tc.want = "helseid {\n issuer\n audience a\n}", "wrong argument count"
-			case "issuer not https":
-				input, tc.want = "helseid {\n issuer http://helseid-sts.nhn.no\n audience a\n}", "https"
-			}
-			_, err := parse(t, input)
+			_, err := parse(t, tc.input)
 			if err == nil {
 				t.Fatalf("want error %q, got none", tc.want)
 			}

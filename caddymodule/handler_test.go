@@ -152,8 +152,7 @@ func TestServeHTTPAllowed(t *testing.T) {
 }
 
 func TestServeHTTPForwardTokenOff(t *testing.T) {
-	off := false
-	f := newHandlerFixture(t, func(h *Handler) { h.ForwardToken = &off })
+	f := newHandlerFixture(t, func(h *Handler) { h.StripToken = true })
 	tok := f.token(t, helseidsim.TokenSpec{OrgParent: "917897468"})
 	next := &recordingNext{}
 	if err := f.h.ServeHTTP(httptest.NewRecorder(), f.request(t, "GET", "http://example.com/a", tok, "http://example.com/a"), next); err != nil {

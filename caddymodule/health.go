@@ -128,14 +128,41 @@ func (a *adminAPI) health(w http.ResponseWriter, r *http.Request) error {
 // membership source of the process. It pings each Redis (concurrently, each
 // within healthPingTimeout) and does no other I/O.
 func buildHealth(ctx context.Context, now time.Time) healthReport {
-	rep := healthReport{Status: healthOK, Time: now.UTC(),
-		Issuers: []issuerHealth{}, Redis: []redisHealth{}, Registries: []registryHealth{}}
-	worse := func(s string) {
+	rep := healthReport{Time: now.UTC(),
+		Issuers: issuersHealth(now), Redis: redisesHealth(ctx), Registries: registriesHealth(now)}
+	rep.Status = healthOK
+	for _, s := range rep.statuses() {
 		if rank(s) > rank(rep.Status) {
 			rep.Status = s
 		}
 	}
+	sort.Slice(rep.Issuers, func(i, j int) bool { return rep.Issuers[i].Issuer < rep.Issuers[j].Issuer })
+	sort.Slice(rep.Redis, func(i, j int) bool { return fmt.Sprint(rep.Redis[i].Addrs) < fmt.Sprint(rep.Redis[j].Addrs) })
+	sort.Slice(rep.Registries, func(i, j int) bool {
+		a, b := rep.Registries[i], rep.Registries[j]
+		return a.Service+"|"+a.URL+a.Path < b.Service+"|"+b.URL+b.Path
+	})
+	return rep
+}
 
+// statuses are the statuses of the report's parts.
+func (rep *healthReport) statuses() []string {
+	var out []string
+	for _, h := range rep.Issuers {
+		out = append(out, h.Status)
+	}
+	for _, h := range rep.Redis {
+		out = append(out, h.Status)
+	}
+	for _, h := range rep.Registries {
+		out = append(out, h.Status)
+	}
+	return out
+}
+
+// issuersHealth reports the live issuer key sources.
+func issuersHealth(now time.Time) []issuerHealth {
+	out := []issuerHealth{}
 	for _, k := range liveKeys.list() {
 		st := k.Status()
 		ih := issuerHealth{Issuer: withoutUserinfo(st.Issuer), Keys: st.Keys}
@@ -156,65 +183,63 @@ func buildHealth(ctx context.Context, now time.Time) healthReport {
 		default:
 			ih.Status = healthOK
 		}
-		worse(ih.Status)
-		rep.Issuers = append(rep.Issuers, ih)
+		out = append(out, ih)
 	}
+	return out
+}
 
+// redisesHealth pings the live Redis clients, all at once.
+func redisesHealth(ctx context.Context) []redisHealth {
 	rediss := liveRedis.list()
-	rep.Redis = make([]redisHealth, len(rediss))
+	out := make([]redisHealth, len(rediss))
 	var wg sync.WaitGroup
 	for i, pr := range rediss {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rep.Redis[i] = redisStatus(ctx, pr)
+			out[i] = redisStatus(ctx, pr)
 		}()
 	}
 	wg.Wait()
-	for _, rh := range rep.Redis {
-		worse(rh.Status)
-	}
+	return out
+}
 
+// registriesHealth reports the live membership sources.
+func registriesHealth(now time.Time) []registryHealth {
+	out := []registryHealth{}
 	for _, pm := range memberships.list() {
-		rh := registryHealth{Service: pm.service}
 		switch {
 		case pm.http != nil:
-			br := pm.http.Breaker()
-			rh.Source, rh.URL, rh.Breaker = "http", withoutUserinfo(pm.http.BaseURL()), br.State()
-			if t := br.LastSuccess(); !t.IsZero() {
-				rh.LastSuccess = timePtr(t)
-				rh.AgeSeconds = ageSeconds(now, t)
-			}
-			if t := br.LastFailure(); !t.IsZero() {
-				rh.LastFailure = timePtr(t)
-			}
-			switch rh.Breaker {
-			case "open":
-				rh.Status = healthDown
-			case "half-open":
-				rh.Status = healthDegraded
-			default:
-				rh.Status = healthOK
-			}
+			out = append(out, httpRegistryHealth(pm, now))
 		case pm.file != nil:
-			rh.Source, rh.Path, rh.Status = "file", pm.file.Path(), healthOK
 			t := pm.file.LoadedAt()
-			rh.LastSuccess = timePtr(t)
-			rh.AgeSeconds = ageSeconds(now, t)
-		default:
-			continue
+			out = append(out, registryHealth{Service: pm.service, Source: "file", Path: pm.file.Path(), Status: healthOK,
+				LastSuccess: timePtr(t), AgeSeconds: ageSeconds(now, t)})
 		}
-		worse(rh.Status)
-		rep.Registries = append(rep.Registries, rh)
 	}
+	return out
+}
 
-	sort.Slice(rep.Issuers, func(i, j int) bool { return rep.Issuers[i].Issuer < rep.Issuers[j].Issuer })
-	sort.Slice(rep.Redis, func(i, j int) bool { return fmt.Sprint(rep.Redis[i].Addrs) < fmt.Sprint(rep.Redis[j].Addrs) })
-	sort.Slice(rep.Registries, func(i, j int) bool {
-		a, b := rep.Registries[i], rep.Registries[j]
-		return a.Service+"|"+a.URL+a.Path < b.Service+"|"+b.URL+b.Path
-	})
-	return rep
+// httpRegistryHealth reports an HTTP registry by its breaker.
+func httpRegistryHealth(pm *pooledMembership, now time.Time) registryHealth {
+	br := pm.http.Breaker()
+	rh := registryHealth{Service: pm.service, Source: "http", URL: withoutUserinfo(pm.http.BaseURL()), Breaker: br.State()}
+	if t := br.LastSuccess(); !t.IsZero() {
+		rh.LastSuccess = timePtr(t)
+		rh.AgeSeconds = ageSeconds(now, t)
+	}
+	if t := br.LastFailure(); !t.IsZero() {
+		rh.LastFailure = timePtr(t)
+	}
+	switch rh.Breaker {
+	case "open":
+		rh.Status = healthDown
+	case "half-open":
+		rh.Status = healthDegraded
+	default:
+		rh.Status = healthOK
+	}
+	return rh
 }
 
 // redisStatus pings one Redis, directly (not through its breaker: the probe

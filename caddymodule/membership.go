@@ -62,57 +62,43 @@ func (h *Handler) unmarshalMembership(d *caddyfile.Dispenser) error {
 	if err := oneArg(d, &m.Service); err != nil {
 		return err
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		key := name
-		if key == "file" {
-			key = "registry"
-		}
-		if seen[key] {
-			return d.Errf("duplicate membership option %q", name)
-		}
-		seen[key] = true
-		var err error
-		switch name {
-		case "registry":
-			args := d.RemainingArgs()
-			switch {
-			case len(args) == 1:
-				m.Registry = args[0]
-				if !hasPlaceholder(m.Registry) {
-					if cerr := authz.CheckURL("registry", m.Registry); cerr != nil {
-						return d.Err(cerr.Error())
-					}
-				}
-			case len(args) == 2 && args[0] == "file":
-				m.File = args[1]
-			default:
-				return d.ArgErr()
-			}
-		case "file":
-			err = oneArg(d, &m.File)
-		case "registry_token":
-			err = oneArg(d, &m.RegistryToken)
-		case "org":
-			err = oneOf(d, &m.Org, "parent", "child", "both")
-		case "cache_ttl":
-			err = duration(d, &m.CacheTTL)
-		case "negative_ttl":
-			err = duration(d, &m.NegativeTTL)
-		case "stale_for":
-			err = duration(d, &m.StaleFor)
-		case "timeout":
-			err = duration(d, &m.Timeout)
-		default:
-			return d.Errf("unknown membership option %q", name)
-		}
-		if err != nil {
-			return err
-		}
+	// "file <path>" is "registry file <path>": the two are one option.
+	if _, err := parseBlock(d, "membership option", m, membershipOptions, map[string]string{"file": "registry"}); err != nil {
+		return err
 	}
-	if m.Registry == "" && m.File == "" {
-		return d.Err("membership needs a registry <url> or a file <path>")
+	if err := m.checkSource(); err != nil {
+		return d.WrapErr(err)
+	}
+	return nil
+}
+
+// membershipOptions are the parsers of the membership block.
+var membershipOptions = parsers[MembershipConfig]{
+	"registry":       unmarshalRegistry,
+	"file":           func(m *MembershipConfig, d *dispenser) error { return oneArg(d, &m.File) },
+	"registry_token": func(m *MembershipConfig, d *dispenser) error { return oneArg(d, &m.RegistryToken) },
+	"org":            func(m *MembershipConfig, d *dispenser) error { return checkedArg(d, &m.Org, checkOrg) },
+	"cache_ttl":      func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.CacheTTL) },
+	"negative_ttl":   func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.NegativeTTL) },
+	"stale_for":      func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.StaleFor) },
+	"timeout":        func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.Timeout) },
+}
+
+// unmarshalRegistry reads registry <url> | registry file <path>.
+func unmarshalRegistry(m *MembershipConfig, d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1:
+		m.Registry = args[0]
+		if !hasPlaceholder(m.Registry) {
+			if err := authz.CheckURL("registry", m.Registry); err != nil {
+				return d.WrapErr(err)
+			}
+		}
+	case len(args) == 2 && args[0] == "file":
+		m.File = args[1]
+	default:
+		return d.ArgErr()
 	}
 	return nil
 }
@@ -145,103 +131,21 @@ func (p *pooledMembership) Destruct() error {
 var memberships = newSet[*pooledMembership]()
 
 // provisionMembership builds the membership check of the route: the source
-// (HTTP registry or file) wrapped in the shared cache.
+// (HTTP registry or file) wrapped in the cache it shares with every route
+// that asks the same source the same way. Its placeholders are resolved
+// (resolvePlaceholders).
 func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*authz.MembershipCheck, error) {
 	m := h.Membership
-	repl := caddy.NewReplacer()
-	for _, s := range []*string{&m.Service, &m.Registry, &m.File, &m.RegistryToken, &m.Org} {
-		*s = repl.ReplaceKnown(*s, "")
+	rule, err := m.validate()
+	if err != nil {
+		return nil, err
 	}
-	if m.Service == "" {
-		return nil, errors.New("helseid: membership needs a service")
-	}
-	if (m.Registry == "") == (m.File == "") {
-		return nil, errors.New("helseid: membership needs exactly one of registry and file")
-	}
-	if m.Registry != "" {
-		if err := authz.CheckURL("membership registry", m.Registry); err != nil {
-			return nil, fmt.Errorf("helseid: %w", err)
-		}
-	}
-	rule := authz.OrgRule(m.Org)
-	switch rule {
-	case "":
-		rule = authz.OrgParent
-	case authz.OrgParent, authz.OrgChild, authz.OrgBoth:
-	default:
-		return nil, fmt.Errorf("helseid: membership org must be parent, child or both, not %q", m.Org)
-	}
-
-	tokenSum := sha256.Sum256([]byte(m.RegistryToken))
-	key := strings.Join([]string{"membership", m.Service, m.Registry, m.File, hex.EncodeToString(tokenSum[:8]),
-		time.Duration(m.CacheTTL).String(), time.Duration(m.NegativeTTL).String(), time.Duration(m.StaleFor).String(),
-		time.Duration(m.Timeout).String(), redisIdentity(h.Redis)}, "|")
-	logger := h.logger.Named("membership")
-	metrics := getMetrics()
+	key := membershipPoolKey(m, h.Redis)
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		var src authz.Membership
-		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		pm := &pooledMembership{cancel: cancel, service: m.Service}
-		fetchTimeout := time.Duration(0) // the file source never waits: the default
-		if m.File != "" {
-			// A file is per-replica configuration, already in memory: no
-			// Redis tier in front of it, and a reload evicts the in-process
-			// tier so that a change is seen at once, not after cache_ttl.
-			f, err := registry.NewFile(m.File, authz.SystemClock, logger,
-				registry.WithOnReload(func() { pm.cached.Invalidate(mctx, "", "") }))
-			if err != nil {
-				cancel()
-				return nil, fmt.Errorf("helseid: membership file: %w", err)
-			}
-			src, pm.file = f, f
-		} else {
-			timeout := time.Duration(m.Timeout)
-			if timeout <= 0 {
-				timeout = registry.DefaultTimeout
-			}
-			fetchTimeout = cache.MembershipFetchTimeout(timeout, 0)
-			pm.redis = rc
-			hs, err := registry.NewHTTP(registry.HTTPConfig{
-				BaseURL: m.Registry,
-				Token:   m.RegistryToken,
-				Timeout: time.Duration(m.Timeout),
-				Breaker: cache.NewBreaker("registry", cache.WithStateChange(breakerChanged(logger))),
-				Logger:  logger,
-				Clock:   authz.SystemClock,
-				OnCall:  metrics.registryCall,
-			})
-			if err != nil {
-				cancel()
-				return nil, fmt.Errorf("helseid: membership registry: %w", err)
-			}
-			src, pm.http = hs, hs
-			liveBreakers.add(hs.Breaker())
+		pm, err := h.newPooledMembership(ctx, rc)
+		if err != nil {
+			return nil, err
 		}
-		opts := cache.MembershipCacheOptions{
-			PositiveTTL:    time.Duration(m.CacheTTL),
-			NegativeTTL:    time.Duration(m.NegativeTTL),
-			StaleFor:       time.Duration(m.StaleFor),
-			FetchTimeout:   fetchTimeout,
-			Clock:          authz.SystemClock,
-			Logger:         logger,
-			Context:        mctx, // background refreshes end with the last user
-			OnResult:       metrics.membershipResult,
-			OnInvalidation: func(event string) { metrics.invalidations.WithLabelValues(event).Inc() },
-		}
-		if pm.redis != nil {
-			opts.Redis = pm.redis.client
-			opts.RedisBreaker = pm.redis.breaker
-			opts.KeyPrefix = h.Redis.Prefix()
-			pm.prefix = opts.KeyPrefix
-		}
-		pm.cached = cache.NewCachedMembership(src, opts)
-		if pm.redis != nil {
-			pm.cached.SubscribeOnUse(mctx) // no Redis I/O in Provision
-		}
-		if pm.file != nil {
-			pm.file.Start(mctx) // after pm.cached is set: its reloads evict it
-		}
-		memberships.add(pm)
 		return pm, nil
 	})
 	if err != nil {
@@ -254,6 +158,141 @@ func (h *Handler) provisionMembership(ctx caddy.Context, rc *pooledRedis) (*auth
 		Source:  v.(*pooledMembership).cached,
 		Clock:   authz.SystemClock,
 	}, nil
+}
+
+// validate checks the membership block of the JSON config (the Caddyfile
+// has checked what it could as it read) and returns its org rule.
+func (m *MembershipConfig) validate() (authz.OrgRule, error) {
+	if m.Service == "" {
+		return "", errors.New("helseid: membership needs a service")
+	}
+	if err := m.checkSource(); err != nil {
+		return "", fmt.Errorf("helseid: %w", err)
+	}
+	if m.Registry != "" {
+		if err := authz.CheckURL("membership registry", m.Registry); err != nil {
+			return "", fmt.Errorf("helseid: %w", err)
+		}
+	}
+	rule, err := orgRule(m.Org)
+	if err != nil {
+		return "", fmt.Errorf("helseid: membership %w", err)
+	}
+	return rule, nil
+}
+
+// membershipPoolKey names the shared membership cache of m: the same
+// source asked the same way, through the same Redis. The registry token is
+// in it as a short hash, never in the clear.
+func membershipPoolKey(m *MembershipConfig, r *cache.RedisConfig) string {
+	tokenSum := sha256.Sum256([]byte(m.RegistryToken))
+	return strings.Join([]string{"membership", m.Service, m.Registry, m.File, hex.EncodeToString(tokenSum[:8]),
+		time.Duration(m.CacheTTL).String(), time.Duration(m.NegativeTTL).String(), time.Duration(m.StaleFor).String(),
+		time.Duration(m.Timeout).String(), redisIdentity(r)}, "|")
+}
+
+// newPooledMembership builds the source and the cache in front of it. Its
+// goroutines live on a context of their own, canceled by Destruct when the
+// last user lets go.
+func (h *Handler) newPooledMembership(ctx caddy.Context, rc *pooledRedis) (*pooledMembership, error) {
+	m := h.Membership
+	logger := h.logger.Named("membership")
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	pm := &pooledMembership{cancel: cancel, service: m.Service}
+	var (
+		src          authz.Membership
+		fetchTimeout time.Duration // the file source never waits: the default
+		err          error
+	)
+	if m.File != "" {
+		src, err = pm.openFile(mctx, m.File, logger)
+	} else {
+		src, fetchTimeout, err = pm.openRegistry(m, rc, logger)
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if pm.redis != nil {
+		pm.prefix = h.Redis.Prefix()
+	}
+	pm.cached = cache.NewCachedMembership(src, pm.cacheOptions(mctx, m, fetchTimeout, logger))
+	pm.start(mctx)
+	memberships.add(pm)
+	return pm, nil
+}
+
+// openFile opens the file source. A file is per-replica configuration,
+// already in memory: no Redis tier in front of it, and a reload evicts the
+// in-process tier so that a change is seen at once, not after cache_ttl.
+func (pm *pooledMembership) openFile(mctx context.Context, path string, logger *zap.Logger) (authz.Membership, error) {
+	f, err := registry.NewFile(path, authz.SystemClock, logger,
+		registry.WithOnReload(func() { pm.cached.Invalidate(mctx, "", "") }))
+	if err != nil {
+		return nil, fmt.Errorf("helseid: membership file: %w", err)
+	}
+	pm.file = f
+	return f, nil
+}
+
+// openRegistry builds the HTTP registry source, with Redis (rc, nil without
+// it) as the shared tier, and returns how long a lookup waits for it.
+func (pm *pooledMembership) openRegistry(m *MembershipConfig, rc *pooledRedis, logger *zap.Logger) (authz.Membership, time.Duration, error) {
+	timeout := time.Duration(m.Timeout)
+	if timeout <= 0 {
+		timeout = registry.DefaultTimeout
+	}
+	pm.redis = rc
+	hs, err := registry.NewHTTP(registry.HTTPConfig{
+		BaseURL: m.Registry,
+		Token:   m.RegistryToken,
+		Timeout: time.Duration(m.Timeout),
+		Breaker: cache.NewBreaker("registry", cache.WithStateChange(breakerChanged(logger))),
+		Logger:  logger,
+		Clock:   authz.SystemClock,
+		OnCall:  getMetrics().registryCall,
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("helseid: membership registry: %w", err)
+	}
+	pm.http = hs
+	liveBreakers.add(hs.Breaker())
+	return hs, cache.MembershipFetchTimeout(timeout, 0), nil
+}
+
+// cacheOptions are the options of pm's cache: m's lifetimes, pm's Redis
+// tier when it has one, and the metrics.
+func (pm *pooledMembership) cacheOptions(mctx context.Context, m *MembershipConfig, fetchTimeout time.Duration, logger *zap.Logger) cache.MembershipCacheOptions {
+	metrics := getMetrics()
+	opts := cache.MembershipCacheOptions{
+		PositiveTTL:    time.Duration(m.CacheTTL),
+		NegativeTTL:    time.Duration(m.NegativeTTL),
+		StaleFor:       time.Duration(m.StaleFor),
+		FetchTimeout:   fetchTimeout,
+		Clock:          authz.SystemClock,
+		Logger:         logger,
+		Context:        mctx, // background refreshes end with the last user
+		OnResult:       metrics.membershipResult,
+		OnInvalidation: func(event string) { metrics.invalidations.WithLabelValues(event).Inc() },
+	}
+	if pm.redis != nil {
+		opts.Redis = pm.redis.client
+		opts.RedisBreaker = pm.redis.breaker
+		opts.KeyPrefix = pm.prefix
+	}
+	return opts
+}
+
+// start starts pm's goroutines, once pm.cached is set (a file reload
+// evicts it). Neither does Redis I/O now: the invalidation subscription
+// starts on first use.
+func (pm *pooledMembership) start(mctx context.Context) {
+	if pm.redis != nil {
+		pm.cached.SubscribeOnUse(mctx)
+	}
+	if pm.file != nil {
+		pm.file.Start(mctx)
+	}
 }
 
 func redisIdentity(r *cache.RedisConfig) string {

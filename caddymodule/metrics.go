@@ -99,55 +99,69 @@ func getMetrics() *helseidMetrics {
 }
 
 func newHelseidMetrics() *helseidMetrics {
-	opts := func(name, help string) prometheus.Opts {
-		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
-	}
 	m := &helseidMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_total",
-			"Decisions of the helseid handler, by outcome (allow, deny, error), reason code and route (the handler's route name or membership service).")),
-			[]string{"outcome", "reason", "route"}),
+		requests: counterVec("requests_total",
+			"Decisions of the helseid handler, by outcome (allow, deny, error), reason code and route (the handler's route name or membership service).",
+			"outcome", "reason", "route"),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "verification_duration_seconds",
 			Help:    "Time from the request entering the helseid handler to its decision (token, proof, replay, membership), by outcome and route.",
 			Buckets: durationBuckets,
 		}, []string{"outcome", "route"}),
-		membership: prometheus.NewCounterVec(prometheus.CounterOpts(opts("membership_cache_results_total",
-			"Membership lookups per cache tier (local, redis, registry) and result (hit, miss, stale, error).")),
-			[]string{"tier", "result"}),
-		registryCalls: prometheus.NewCounterVec(prometheus.CounterOpts(opts("registry_calls_total",
-			"Calls of the membership registry (HTTP contract v1), by result.")),
-			[]string{"result"}),
-		jwksRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts(opts("jwks_refreshes_total",
-			"Fetches of an issuer's key set (discovery included), by result (ok, error).")),
-			[]string{"result"}),
-		replays: prometheus.NewCounter(prometheus.CounterOpts(opts("replays_total",
-			"DPoP proofs refused because they were used before."))),
-		replayFallbacks: prometheus.NewCounter(prometheus.CounterOpts(opts("replay_store_fallbacks_total",
-			"Replay checks answered by the in-process store because Redis failed (on_store_error local)."))),
-		replayLosses: prometheus.NewCounterVec(prometheus.CounterOpts(opts("replay_store_losses_total",
-			"Times a shard of the Redis replay store raised its floor because records may have been lost, by why (restarted, server_changed, marker_gone, marker_older, declared_elsewhere).")),
-			[]string{"why"}),
-		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("membership_invalidations_total",
-			"Events of the membership invalidation subscriber (applied, malformed, resubscribed).")),
-			[]string{"event"}),
-		breakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts(opts("breaker_transitions_total",
-			"Circuit breaker state changes, by dependency (redis, registry) and new state.")),
-			[]string{"dependency", "to"}),
-		breakerState: &breakerCollector{desc: prometheus.NewDesc(
-			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "breaker_state"),
-			"Circuit breaker state per dependency (redis, registry): 0 closed, 1 half-open, 2 open; the worst of the live breakers.",
-			[]string{"dependency"}, nil)},
+		membership: counterVec("membership_cache_results_total",
+			"Membership lookups per cache tier (local, redis, registry) and result (hit, miss, stale, error).", "tier", "result"),
+		registryCalls: counterVec("registry_calls_total",
+			"Calls of the membership registry (HTTP contract v1), by result.", "result"),
+		jwksRefreshes: counterVec("jwks_refreshes_total",
+			"Fetches of an issuer's key set (discovery included), by result (ok, error).", "result"),
+		replays: counter("replays_total",
+			"DPoP proofs refused because they were used before."),
+		replayFallbacks: counter("replay_store_fallbacks_total",
+			"Replay checks answered by the in-process store because Redis failed (on_store_error local)."),
+		replayLosses: counterVec("replay_store_losses_total",
+			"Times a shard of the Redis replay store raised its floor because records may have been lost, by why (restarted, server_changed, marker_gone, marker_older, declared_elsewhere).", "why"),
+		invalidations: counterVec("membership_invalidations_total",
+			"Events of the membership invalidation subscriber (applied, malformed, resubscribed).", "event"),
+		breakerTransitions: counterVec("breaker_transitions_total",
+			"Circuit breaker state changes, by dependency (redis, registry) and new state.", "dependency", "to"),
+		breakerState: &breakerCollector{desc: metricDesc("breaker_state",
+			"Circuit breaker state per dependency (redis, registry): 0 closed, 1 half-open, 2 open; the worst of the live breakers.", "dependency")},
 		jwksState: &jwksCollector{
-			age: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "jwks_age_seconds"),
-				"Seconds since the last successful fetch of the oldest live issuer key set (issuers not fetched yet are left out).", nil, nil),
-			failing: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "jwks_failing_issuers"),
-				"Live issuers whose last key-set fetch failed (serving the last good set, or none: the health report's degraded and down).", nil, nil),
+			age: metricDesc("jwks_age_seconds",
+				"Seconds since the last successful fetch of the oldest live issuer key set (issuers not fetched yet are left out)."),
+			failing: metricDesc("jwks_failing_issuers",
+				"Live issuers whose last key-set fetch failed (serving the last good set, or none: the health report's degraded and down)."),
 		},
-		routes:          map[string]*routeMetrics{},
-		membershipChild: map[tierResult]prometheus.Counter{},
-		registryChild:   map[string]prometheus.Counter{},
+		routes: map[string]*routeMetrics{},
 	}
 	m.forRoute(defaultRoute)
+	m.resolveChildren()
+	m.createSeries()
+	return m
+}
+
+// metricOpts, counter, counterVec and metricDesc name a metric
+// caddy_helseid_<name>.
+func metricOpts(name, help string) prometheus.Opts {
+	return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts(metricOpts(name, help)))
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts(metricOpts(name, help)), labels)
+}
+
+func metricDesc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, name), help, labels, nil)
+}
+
+// resolveChildren resolves the children counted on the request path and
+// by the membership cache, so that counting is a map lookup.
+func (m *helseidMetrics) resolveChildren() {
+	m.membershipChild = map[tierResult]prometheus.Counter{}
 	for _, tr := range []tierResult{
 		{cache.TierLocal, cache.ResultHit}, {cache.TierLocal, cache.ResultMiss},
 		{cache.TierRedis, cache.ResultHit}, {cache.TierRedis, cache.ResultMiss}, {cache.TierRedis, cache.ResultError},
@@ -155,15 +169,22 @@ func newHelseidMetrics() *helseidMetrics {
 	} {
 		m.membershipChild[tr] = m.membership.WithLabelValues(tr.tier, tr.result)
 	}
+	m.registryChild = map[string]prometheus.Counter{}
 	for _, r := range []string{registry.CallOK, registry.CallNotFound, registry.CallRefused, registry.CallError,
 		registry.CallBreakerOpen, registry.CallCanceled} {
 		m.registryChild[r] = m.registryCalls.WithLabelValues(r)
 	}
+	m.jwksOK = m.jwksRefreshes.WithLabelValues("ok")
+	m.jwksErr = m.jwksRefreshes.WithLabelValues("error")
+}
+
+// createSeries creates the series of the rare events at 0 from the start,
+// so that increase() over them is right from the first event and an alert
+// on them names series that exist.
+func (m *helseidMetrics) createSeries() {
 	for _, e := range []string{cache.InvalidationApplied, cache.InvalidationMalformed, cache.InvalidationResubscribed} {
 		_ = m.invalidations.WithLabelValues(e)
 	}
-	// At 0 from the start, so that increase() over them is right from the
-	// first loss and an alert on them names series that exist.
 	for _, why := range []string{cache.LossRestarted, cache.LossServerChanged, cache.LossMarkerGone,
 		cache.LossMarkerOlder, cache.LossDeclaredElsewhere} {
 		_ = m.replayLosses.WithLabelValues(why)
@@ -173,9 +194,6 @@ func newHelseidMetrics() *helseidMetrics {
 			_ = m.breakerTransitions.WithLabelValues(dep, to)
 		}
 	}
-	m.jwksOK = m.jwksRefreshes.WithLabelValues("ok")
-	m.jwksErr = m.jwksRefreshes.WithLabelValues("error")
-	return m
 }
 
 // routeMetrics are the decision series of one route.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"sync/atomic"
 	"time"
 
@@ -111,8 +110,9 @@ type Handler struct {
 	// With Redis unreachable: "local" (default) falls back to the in-process
 	// store, "deny" refuses the request with 503.
 	OnStoreError string `json:"on_store_error,omitempty"`
-	// Pass Authorization and DPoP upstream unchanged. Default: true.
-	ForwardToken *bool `json:"forward_token,omitempty"`
+	// Remove Authorization and DPoP before passing the request on (the
+	// Caddyfile's forward_token off). Default: false, they go upstream unchanged.
+	StripToken bool `json:"strip_token,omitempty"`
 
 	// RFC 9728 protected-resource metadata: the handler serves the route's
 	// document at its well-known URL and names it in 401 challenges. Absent:
@@ -141,7 +141,6 @@ type Handler struct {
 
 	resourceMetadataAt caddyfile.Token // where the Caddyfile said resource_metadata, for its errors
 	poolKeys           []string
-	forward            bool
 	depLog             *logEvery // dead-dependency lines: at most one per 10 s
 	metrics            *routeMetrics
 }
@@ -205,7 +204,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("helseid: %w", err)
 	}
-	h.forward = h.ForwardToken == nil || *h.ForwardToken
 	if h.ResourceMetadata != nil {
 		if h.metadata, err = newResourceMetadata(h.ResourceMetadata, h.verifier.Config(), h.readsAttest()); err != nil {
 			return fmt.Errorf("helseid: %w", err)
@@ -214,10 +212,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.challenge = newChallenges(h.verifier.Config(), h.metadata)
 	return nil
 }
-
-// validRoute is what a route label may be: a config's name for an API, short
-// and from a closed alphabet, so that no path or per-caller value fits.
-var validRoute = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // routeLabel is the route label of the handler's metrics: Route, else the
 // membership service, else defaultRoute.
@@ -229,8 +223,8 @@ func (h *Handler) routeLabel() (string, error) {
 	if route == "" {
 		return defaultRoute, nil
 	}
-	if !validRoute.MatchString(route) {
-		return "", fmt.Errorf("helseid: route %q must be 1 to 64 of a-z A-Z 0-9 _ . - (name it with route <name>)", route)
+	if err := checkRoute(route); err != nil {
+		return "", fmt.Errorf("helseid: %w (name it with route <name>)", err)
 	}
 	return route, nil
 }
@@ -240,10 +234,8 @@ func (h *Handler) Validate() error {
 	if h.verifier == nil {
 		return errors.New("helseid: not provisioned")
 	}
-	switch h.OnStoreError {
-	case "", "local", "deny":
-	default:
-		return fmt.Errorf("helseid: on_store_error must be local or deny, not %q", h.OnStoreError)
+	if err := cache.ValidateFallbackMode(h.OnStoreError); err != nil {
+		return fmt.Errorf("helseid: %w", err)
 	}
 	return nil
 }
@@ -261,47 +253,67 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// resolvePlaceholders replaces {env.*} and {file.*} in every string value.
+// resolvePlaceholders replaces {env.*} and {file.*} in every string value
+// of the config, the membership block's too: the one place they are
+// resolved.
 func (h *Handler) resolvePlaceholders() error {
 	repl := caddy.NewReplacer()
 	resolve := func(s *string) {
 		*s = repl.ReplaceKnown(*s, "")
 	}
-	for _, s := range []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError, &h.Attest, &h.Environment} {
+	for _, s := range h.placeholderFields() {
 		resolve(s)
 	}
+	if h.Redis != nil {
+		return h.resolveRedis(resolve)
+	}
+	return nil
+}
+
+// placeholderFields are the string values of the config that may hold
+// placeholders, but for the Redis block's (see resolveRedis).
+func (h *Handler) placeholderFields() []*string {
+	fields := []*string{&h.Issuer, &h.JWKSURL, &h.Audience, &h.DPoP, &h.DPoPNonce, &h.PublicOrigin, &h.TokenKind, &h.OnStoreError, &h.Attest, &h.Environment}
 	if h.ResourceMetadata != nil {
-		resolve(&h.ResourceMetadata.Resource)
+		fields = append(fields, &h.ResourceMetadata.Resource)
 	}
 	for _, list := range [][]string{h.Scopes, h.TokenTypes, h.Algorithms, h.DPoPAlgorithms, h.Purposes} {
 		for i := range list {
-			resolve(&list[i])
+			fields = append(fields, &list[i])
 		}
 	}
-	if h.Redis != nil {
-		urlPlaceholder := ""
-		if hasPlaceholder(h.Redis.URL) {
-			urlPlaceholder = h.Redis.URL
-		}
-		for _, s := range []*string{&h.Redis.URL, &h.Redis.MasterName, &h.Redis.Username, &h.Redis.Password, &h.Redis.KeyPrefix} {
-			resolve(s)
-		}
-		for i := range h.Redis.Addrs {
-			resolve(&h.Redis.Addrs[i])
-		}
-		// "redis {env.REDIS_URL}" keeps the URL, and any password in it, out
-		// of the JSON config. A URL of none means the in-process store, as
-		// "redis none" does. A placeholder that resolves to nothing is an
-		// error: a replica missing its variable must not quietly lose the
-		// replay protection it shares with the others.
-		if len(h.Redis.Addrs) == 0 {
-			switch {
-			case h.Redis.URL == "none":
-				h.Redis = nil
-			case urlPlaceholder != "" && h.Redis.URL == "":
-				return fmt.Errorf(`helseid: redis %s is empty: set it to a Redis URL, or to "none" for the in-process store (one instance only)`, urlPlaceholder)
-			}
-		}
+	if m := h.Membership; m != nil {
+		fields = append(fields, &m.Service, &m.Registry, &m.File, &m.RegistryToken, &m.Org)
+	}
+	return fields
+}
+
+// resolveRedis resolves the Redis block's placeholders.
+//
+// "redis {env.REDIS_URL}" keeps the URL, and any password in it, out of the
+// JSON config. A URL of none means the in-process store, as "redis none"
+// does. A placeholder that resolves to nothing is an error: a replica
+// missing its variable must not quietly lose the replay protection it
+// shares with the others.
+func (h *Handler) resolveRedis(resolve func(*string)) error {
+	urlPlaceholder := ""
+	if hasPlaceholder(h.Redis.URL) {
+		urlPlaceholder = h.Redis.URL
+	}
+	for _, s := range []*string{&h.Redis.URL, &h.Redis.MasterName, &h.Redis.Username, &h.Redis.Password, &h.Redis.KeyPrefix} {
+		resolve(s)
+	}
+	for i := range h.Redis.Addrs {
+		resolve(&h.Redis.Addrs[i])
+	}
+	if len(h.Redis.Addrs) > 0 {
+		return nil
+	}
+	switch {
+	case h.Redis.URL == "none":
+		h.Redis = nil
+	case urlPlaceholder != "" && h.Redis.URL == "":
+		return fmt.Errorf(`helseid: redis %s is empty: set it to a Redis URL, or to "none" for the in-process store (one instance only)`, urlPlaceholder)
 	}
 	return nil
 }
@@ -330,12 +342,12 @@ func (h *Handler) authzConfig() (authz.Config, error) {
 		AttestMaxAge:     time.Duration(h.AttestMaxAge),
 		Purposes:         h.Purposes,
 	}
-	if h.Attest == "" && (h.AttestMaxAge != 0 || len(h.Purposes) > 0) {
-		return cfg, errors.New("helseid: attest_max_age and purposes need attest required or optional")
+	if err := h.checkAttestOptions(); err != nil {
+		return cfg, fmt.Errorf("helseid: %w", err)
 	}
 	if h.DPoPNonce != "" {
-		if len(h.DPoPNonce) < 16 {
-			return cfg, errors.New("helseid: dpop_nonce secret must be at least 16 characters")
+		if err := checkNonceSecret(h.DPoPNonce); err != nil {
+			return cfg, fmt.Errorf("helseid: %w", err)
 		}
 		cfg.NonceSecret = []byte(h.DPoPNonce)
 	}
@@ -379,7 +391,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if p.NonceRefresh != "" {
 		w.Header().Set("DPoP-Nonce", p.NonceRefresh)
 	}
-	if !h.forward {
+	if h.StripToken {
 		r.Header.Del("Authorization")
 		r.Header.Del("DPoP")
 	}
