@@ -10,6 +10,8 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/helsegate/helsegate/internal/devkit/jwsheader"
 )
 
 // Defaults used by Mint and the token endpoint.
@@ -115,16 +117,8 @@ func mintHeader(spec TokenSpec, currentKid string) (jws.Headers, error) {
 	if err := hdr.Set(jws.KeyIDKey, orDefault(spec.Kid, currentKid)); err != nil {
 		return nil, err
 	}
-	for name, v := range spec.Header {
-		var err error
-		if v == nil {
-			err = hdr.Remove(name)
-		} else {
-			err = hdr.Set(name, v)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("helseidsim: header %q: %w", name, err)
-		}
+	if err := jwsheader.Merge(hdr, spec.Header); err != nil {
+		return nil, fmt.Errorf("helseidsim: %w", err)
 	}
 	return hdr, nil
 }
