@@ -3,13 +3,10 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -275,15 +272,6 @@ http://127.0.0.1:8080 {
 		}
 		return path, content
 	}
-	mustFail := func(t *testing.T, path, content string) string {
-		t.Helper()
-		out, err := validate(t, path)
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) {
-			t.Fatalf("validate succeeded (or did not run: %v) on a bad config:\n%s\n--- output ---\n%s", err, content, out)
-		}
-		return out
-	}
 
 	t.Run("file with an invalid org number", func(t *testing.T) {
 		members := filepath.Join(dir, "members.json")
@@ -294,7 +282,7 @@ http://127.0.0.1:8080 {
 			t.Fatal(err)
 		}
 		path, content := write("badfile.Caddyfile", "\t\tmembership kjernejournal {\n\t\t\tfile "+members+"\n\t\t}")
-		out := mustFail(t, path, content)
+		out := validateRefuses(t, path, content)
 		for _, want := range []string{members, "authorizations[1]", "not a valid organization number"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("the error does not name %q:\n%s", want, out)
@@ -316,15 +304,11 @@ http://127.0.0.1:8080 {
 
 	t.Run("membership without registry or file", func(t *testing.T) {
 		path, content := write("nosource.Caddyfile", "\t\tmembership kjernejournal {\n\t\t\tcache_ttl 1m\n\t\t}")
-		out := mustFail(t, path, content)
+		out := validateRefuses(t, path, content)
 		if !strings.Contains(out, "registry") || !strings.Contains(out, "file") {
 			t.Errorf("the error does not say a registry or a file is needed:\n%s", out)
 		}
-		m := regexp.MustCompile(regexp.QuoteMeta(path) + `:(\d+)`).FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("the error does not name the file and line (%s:<line>):\n%s", path, out)
-		}
-		line, _ := strconv.Atoi(m[1])
+		line := lineNamed(t, out, path)
 		first := lineOf(content, "membership kjernejournal")
 		if line < first || line > first+2 {
 			t.Errorf("the error names line %d, want one of the membership block (%d–%d):\n%s", line, first, first+2, out)
