@@ -251,26 +251,8 @@ func TestMembershipFile(t *testing.T) {
 func TestMembershipValidate(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, membership string) (path, content string) {
-		content = fmt.Sprintf(`{
-	admin off
-	auto_https off
-}
-
-http://127.0.0.1:8080 {
-	helseid {
-		issuer https://helseid-sts.invalid
-		audience nhn:kjernejournal
-		scopes nhn:kjernejournal/api
-%s
-	}
-	reverse_proxy 127.0.0.1:9
-}
-`, membership)
-		path = filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path, content
+		return writeValidateConfig(t, dir, name,
+			"\t\tissuer https://helseid-sts.invalid\n\t\taudience nhn:kjernejournal\n\t\tscopes nhn:kjernejournal/api\n"+membership)
 	}
 
 	t.Run("file with an invalid org number", func(t *testing.T) {

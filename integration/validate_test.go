@@ -40,6 +40,30 @@ func lineOf(content, s string) int {
 	return 0
 }
 
+// writeValidateConfig writes, as dir/name, a Caddyfile for validate: no
+// admin endpoint, no automatic HTTPS, one site with a helseid block of
+// helseidBody before a reverse_proxy. It returns the path and the content.
+func writeValidateConfig(t *testing.T, dir, name, helseidBody string) (path, content string) {
+	t.Helper()
+	content = fmt.Sprintf(`{
+	admin off
+	auto_https off
+}
+
+http://127.0.0.1:8080 {
+	helseid {
+%s
+	}
+	reverse_proxy 127.0.0.1:9
+}
+`, helseidBody)
+	path = filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, content
+}
+
 // validateRefuses runs `helsegate validate` on path, fails the test unless
 // it exits with an error, and returns its output.
 func validateRefuses(t *testing.T, path, content string) string {
@@ -71,23 +95,7 @@ func TestValidate(t *testing.T) {
 	// where nothing listens.
 	const issuer = "https://helseid-sts.invalid"
 	write := func(name, helseidBody string) (path, content string) {
-		content = fmt.Sprintf(`{
-	admin off
-	auto_https off
-}
-
-http://127.0.0.1:8080 {
-	helseid {
-%s
-	}
-	reverse_proxy 127.0.0.1:9
-}
-`, helseidBody)
-		path = filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path, content
+		return writeValidateConfig(t, dir, name, helseidBody)
 	}
 	good := "\t\tissuer " + issuer + "\n\t\taudience nhn:kjernejournal\n\t\tscopes nhn:kjernejournal/api\n"
 
