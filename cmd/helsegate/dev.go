@@ -127,6 +127,7 @@ func startDevDoubles(doc registrysim.Document, issuerPort, registryPort, upstrea
 	return d, nil
 }
 
+// start starts the doubles in order, keeping each in d as it comes up.
 func (d *devDoubles) start(doc registrysim.Document, issuerPort, registryPort int) error {
 	var err error
 	d.sim, err = helseidsim.Start(helseidsim.Options{Addr: fmt.Sprintf("127.0.0.1:%d", issuerPort)})
