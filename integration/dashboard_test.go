@@ -89,15 +89,7 @@ func TestDashboardAndAlertsNameExportedSeries(t *testing.T) {
 			t.Errorf("%s = %v, want 1", s, scrape[s])
 		}
 	}
-	if t.Failed() {
-		var lines []string
-		for _, l := range strings.Split(body, "\n") {
-			if strings.HasPrefix(l, "caddy_helseid_") {
-				lines = append(lines, l)
-			}
-		}
-		t.Logf("scrape:\n%s", strings.Join(lines, "\n"))
-	}
+	opsLogSeriesOnFailure(t, "scrape", body)
 }
 
 type namedExpr struct{ where, expr string }

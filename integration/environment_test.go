@@ -1,11 +1,9 @@
 package integration
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,19 +34,11 @@ func TestValidateEnvironmentPinning(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path, content := write(strings.ReplaceAll(tc.name, " ", "_")+".Caddyfile", tc.env, tc.issuer)
-			out, err := validate(t, path)
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) {
-				t.Fatalf("validate succeeded (or did not run: %v):\n%s\n--- output ---\n%s", err, content, out)
-			}
+			out := validateRefuses(t, path, content)
 			if !strings.Contains(out, tc.msg) {
 				t.Errorf("the error does not say %q:\n%s", tc.msg, out)
 			}
-			m := regexp.MustCompile(regexp.QuoteMeta(path) + `:(\d+)`).FindStringSubmatch(out)
-			if m == nil {
-				t.Fatalf("the error does not name the file and line (%s:<line>):\n%s", path, out)
-			}
-			if line, _ := strconv.Atoi(m[1]); line != lineOf(content, tc.mark) {
+			if line := lineNamed(t, out, path); line != lineOf(content, tc.mark) {
 				t.Errorf("the error names line %d, want %d (the line with %q):\n%s", line, lineOf(content, tc.mark), tc.mark, out)
 			}
 		})

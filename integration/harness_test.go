@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
@@ -101,55 +96,6 @@ func randHex(n int) string {
 		panic(err)
 	}
 	return hex.EncodeToString(b)
-}
-
-// ---------------------------------------------------------------------------
-// Recording upstream
-
-// upstream is a stand-in API: it answers 200 "upstream ok" and remembers the
-// last request it saw.
-type upstream struct {
-	srv *httptest.Server
-
-	mu     sync.Mutex
-	hits   int
-	method string
-	path   string
-	header http.Header
-}
-
-func newUpstream(t testing.TB) *upstream {
-	u := &upstream{}
-	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.hits++
-		u.method = r.Method
-		u.path = r.URL.Path
-		u.header = r.Header.Clone()
-		u.mu.Unlock()
-		_, _ = io.WriteString(w, "upstream ok")
-	}))
-	if t != nil {
-		t.Cleanup(u.srv.Close)
-	}
-	return u
-}
-
-// URL is the upstream's base URL for reverse_proxy.
-func (u *upstream) URL() string { return u.srv.URL }
-
-// reset forgets the last request.
-func (u *upstream) reset() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.hits, u.method, u.path, u.header = 0, "", "", nil
-}
-
-// last returns the number of requests since the last reset and the last one's method, path and headers.
-func (u *upstream) last() (hits int, method, path string, header http.Header) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.hits, u.method, u.path, u.header.Clone()
 }
 
 // ---------------------------------------------------------------------------
@@ -397,37 +343,6 @@ func (g *gateway) load(caddyfile string) error {
 	return nil
 }
 
-// helseid renders a helseid directive for issuer with the required
-// subdirectives and extra lines.
-func helseid(issuer string, extra ...string) string {
-	var b strings.Builder
-	b.WriteString("helseid {\n")
-	fmt.Fprintf(&b, "\tissuer %s\n\taudience %s\n\tscopes %s\n", issuer, audience, scope)
-	for _, e := range extra {
-		b.WriteString("\t" + strings.ReplaceAll(e, "\n", "\n\t") + "\n")
-	}
-	b.WriteString("}\n")
-	return b.String()
-}
-
-// indent indents every line of s by one tab.
-func indent(s string) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	for i, l := range lines {
-		if l != "" {
-			lines[i] = "\t" + l
-		}
-	}
-	return strings.Join(lines, "\n") + "\n"
-}
-
-// simpleSite is one site: helseid with extra lines, then reverse_proxy.
-func simpleSite(issuer, upstreamURL string, extra ...string) siteFunc {
-	return func(addrs []string) string {
-		return fmt.Sprintf("http://%s {\n%s\treverse_proxy %s\n}\n", addrs[0], indent(helseid(issuer, extra...)), upstreamURL)
-	}
-}
-
 // ---------------------------------------------------------------------------
 // The shared gateway: one process for the tests that only read
 
@@ -500,261 +415,3 @@ func stopMain() {
 		mainG.up.srv.Close()
 	}
 }
-
-// ---------------------------------------------------------------------------
-// Redis
-
-func redisAddr() string {
-	if a := os.Getenv("HELSEGATE_TEST_REDIS"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-// needRedis returns a client of the test Redis and a key prefix unique to
-// this test, whose keys are deleted at the end. It fails the test when
-// Redis does not answer.
-func needRedis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	rc := redis.NewClient(&redis.Options{Addr: redisAddr()})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rc.Ping(ctx).Err(); err != nil {
-		rc.Close()
-		t.Fatalf("Redis at %s (HELSEGATE_TEST_REDIS) does not answer: %v", redisAddr(), err)
-	}
-	prefix := "hg-test-" + randHex(6) + ":"
-	// The replay store's epoch marker, as a store in service long before
-	// the test would hold it: a key prefix used for the first time is
-	// otherwise a store that may have lost its records, and refuses proofs
-	// for one skew (the fault tests show that).
-	if err := rc.Set(ctx, prefix+"v1:epoch", "1/0", time.Hour).Err(); err != nil {
-		rc.Close()
-		t.Fatalf("seeding the epoch marker: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		keys, _ := redisKeys(ctx, rc, prefix+"*")
-		if len(keys) > 0 {
-			rc.Del(ctx, keys...)
-		}
-		rc.Close()
-	})
-	return rc, prefix
-}
-
-func redisKeys(ctx context.Context, rc *redis.Client, pattern string) ([]string, error) {
-	var keys []string
-	iter := rc.Scan(ctx, 0, pattern, 100).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	return keys, iter.Err()
-}
-
-// ---------------------------------------------------------------------------
-// Clients
-
-// httpClient sends every request on a fresh connection: a DPoP proof must
-// never be sent twice by a transport retry, and reloads close old connections.
-var httpClient = &http.Client{
-	Timeout:   15 * time.Second,
-	Transport: &http.Transport{DisableKeepAlives: true},
-	CheckRedirect: func(*http.Request, []*http.Request) error {
-		return http.ErrUseLastResponse
-	},
-}
-
-// reply is a gateway's answer.
-type reply struct {
-	status int
-	header http.Header
-	body   string
-}
-
-func (r reply) String() string {
-	return fmt.Sprintf("%d %v %q", r.status, r.header, r.body)
-}
-
-// send sends a request with header set exactly as given (map keys are not
-// canonicalized, so odd spellings reach the wire).
-func send(t *testing.T, method, url string, header map[string][]string) reply {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, url, err)
-	}
-	return reply{status: resp.StatusCode, header: resp.Header, body: string(body)}
-}
-
-// caller is a client with one DPoP key, getting tokens from a simulator.
-type caller struct {
-	sim *helseidsim.Server
-	key *dpopclient.Key
-}
-
-func newCaller(t *testing.T, sim *helseidsim.Server) *caller {
-	t.Helper()
-	key, err := dpopclient.NewKey("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &caller{sim: sim, key: key}
-}
-
-// token mints a token bound to the caller's key (unless spec.JKT is "-",
-// which mints an unbound one) for orgParent unless spec says otherwise.
-func (c *caller) token(t *testing.T, spec helseidsim.TokenSpec) string {
-	t.Helper()
-	switch spec.JKT {
-	case "":
-		spec.JKT = c.key.Thumbprint()
-	case "-":
-		spec.JKT = ""
-	}
-	if spec.OrgParent == "" {
-		spec.OrgParent = orgParent
-	}
-	tok, err := c.sim.Mint(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-// proof signs a proof for method and htu bound to token.
-func (c *caller) proof(t *testing.T, method, htu, token string, o dpopclient.ProofOptions) string {
-	t.Helper()
-	p, err := c.key.Proof(method, htu, token, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// dpopHeaders returns Authorization: DPoP <token> and DPoP: <proof>.
-func dpopHeaders(token, proof string) map[string][]string {
-	return map[string][]string{"Authorization": {"DPoP " + token}, "DPoP": {proof}}
-}
-
-// htuOf is url without its query.
-func htuOf(url string) string {
-	u, _, _ := strings.Cut(url, "?")
-	return u
-}
-
-// do sends method url with a fresh default token and a correct proof.
-func (c *caller) do(t *testing.T, method, url string) reply {
-	t.Helper()
-	tok := c.token(t, helseidsim.TokenSpec{})
-	return send(t, method, url, dpopHeaders(tok, c.proof(t, method, htuOf(url), tok, dpopclient.ProofOptions{})))
-}
-
-// hostBug recognizes the answer of the gateway when it builds the expected
-// htu without a host (see the failure message).
-func hostBug(t *testing.T, r reply) {
-	t.Helper()
-	if r.status == http.StatusBadRequest && strings.Contains(r.body, "the request URI is malformed") {
-		t.Fatalf("PRODUCT BUG: a correct DPoP request without public_origin is refused with 400 invalid_request "+
-			"\"the request URI is malformed\": caddymodule/module.go authzRequest takes Host from Caddy's "+
-			"original-request copy (caddyhttp.OriginalRequestCtxKey), which carries only Method, RemoteAddr, "+
-			"RequestURI and URL (no Host, no headers), so the expected htu is \"http://<path>\" and "+
-			"authz.NormalizeHTU fails. The Host must come from the current request (r.Host). Got: %s", r)
-	}
-}
-
-// expectOK checks that the request got through to the upstream.
-func expectOK(t *testing.T, r reply) {
-	t.Helper()
-	hostBug(t, r)
-	if r.status != http.StatusOK || r.body != "upstream ok" {
-		t.Fatalf("want 200 from the upstream, got %s", r)
-	}
-}
-
-// expectProblem checks a denial's status and its application/problem+json
-// body, and that neither the body nor any header leaks one of secrets.
-func expectProblem(t *testing.T, r reply, status int, code string, secrets ...string) {
-	t.Helper()
-	if r.status != status {
-		hostBug(t, r)
-		t.Fatalf("status %d, want %d: %s", r.status, status, r)
-	}
-	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
-		t.Errorf("Content-Type %q, want application/problem+json", ct)
-	}
-	var p map[string]any
-	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
-		t.Fatalf("body is not JSON: %v: %q", err, r.body)
-	}
-	for _, f := range []string{"type", "title", "status", "detail", "error"} {
-		if _, ok := p[f]; !ok {
-			t.Errorf("problem body lacks %q: %s", f, r.body)
-		}
-	}
-	if st, _ := p["status"].(float64); int(st) != status {
-		t.Errorf("problem status %v, want %d", p["status"], status)
-	}
-	if p["error"] != code {
-		t.Errorf("problem error %v, want %q", p["error"], code)
-	}
-	detail, _ := p["detail"].(string)
-	if detail == "" {
-		t.Errorf("problem detail is empty")
-	}
-	for _, s := range secrets {
-		if s == "" {
-			continue
-		}
-		if strings.Contains(r.body, s) {
-			t.Errorf("the problem body leaks %.20q…: %s", s, r.body)
-		}
-		for name, vals := range r.header {
-			for _, v := range vals {
-				if strings.Contains(v, s) {
-					t.Errorf("response header %s leaks %.20q…", name, s)
-				}
-			}
-		}
-	}
-}
-
-// expectChallenge checks WWW-Authenticate exactly.
-func expectChallenge(t *testing.T, r reply, want ...string) {
-	t.Helper()
-	got := r.header.Values("WWW-Authenticate")
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("WWW-Authenticate %q, want %q", got, want)
-	}
-}
-
-// expectErrorChallenge checks a WWW-Authenticate of the form
-// DPoP error="<code>", error_description="…", algs="<defaultAlgs>".
-func expectErrorChallenge(t *testing.T, r reply, code string) {
-	t.Helper()
-	got := r.header.Values("WWW-Authenticate")
-	if len(got) != 1 {
-		t.Fatalf("want one WWW-Authenticate, got %q", got)
-	}
-	prefix := `DPoP error="` + code + `", error_description="`
-	suffix := `", algs="` + defaultAlgs + `"`
-	if !strings.HasPrefix(got[0], prefix) || !strings.HasSuffix(got[0], suffix) || len(got[0]) <= len(prefix)+len(suffix) {
-		t.Errorf("WWW-Authenticate %q, want %s…%s", got[0], prefix, suffix)
-	}
-}
-
-// randomKid is a kid shaped like HelseID's: 40 upper-case hex characters.
-func randomKid() string { return strings.ToUpper(randHex(20)) }

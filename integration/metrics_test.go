@@ -107,13 +107,5 @@ func TestMetricsByOutcomeAndReason(t *testing.T) {
 	if d := delta(opsSeries("caddy_helseid_jwks_refreshes_total", "result", "ok")); d != 1 {
 		t.Errorf("jwks_refreshes_total{result=ok} went up by %v, want 1", d)
 	}
-	if t.Failed() {
-		var lines []string
-		for _, l := range strings.Split(body, "\n") {
-			if strings.HasPrefix(l, "caddy_helseid_") {
-				lines = append(lines, l)
-			}
-		}
-		t.Logf("helsegate metrics:\n%s", strings.Join(lines, "\n"))
-	}
+	opsLogSeriesOnFailure(t, "helsegate metrics", body)
 }

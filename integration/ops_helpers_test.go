@@ -100,3 +100,19 @@ func opsSeries(name string, labels ...string) string {
 	b.WriteByte('}')
 	return b.String()
 }
+
+// opsLogSeriesOnFailure logs the helsegate series of a scrape under title
+// when t has failed.
+func opsLogSeriesOnFailure(t *testing.T, title, body string) {
+	t.Helper()
+	if !t.Failed() {
+		return
+	}
+	var lines []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "caddy_helseid_") {
+			lines = append(lines, l)
+		}
+	}
+	t.Logf("%s:\n%s", title, strings.Join(lines, "\n"))
+}

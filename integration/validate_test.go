@@ -40,14 +40,12 @@ func lineOf(content, s string) int {
 	return 0
 }
 
-// Config errors name the file and the line; validate does no network I/O.
-func TestValidate(t *testing.T) {
-	dir := t.TempDir()
-	// Nothing answers on these: an issuer that cannot resolve and a Redis
-	// where nothing listens.
-	const issuer = "https://helseid-sts.invalid"
-	write := func(name, helseidBody string) (path, content string) {
-		content = fmt.Sprintf(`{
+// writeValidateConfig writes, as dir/name, a Caddyfile for validate: no
+// admin endpoint, no automatic HTTPS, one site with a helseid block of
+// helseidBody before a reverse_proxy. It returns the path and the content.
+func writeValidateConfig(t *testing.T, dir, name, helseidBody string) (path, content string) {
+	t.Helper()
+	content = fmt.Sprintf(`{
 	admin off
 	auto_https off
 }
@@ -59,11 +57,45 @@ http://127.0.0.1:8080 {
 	reverse_proxy 127.0.0.1:9
 }
 `, helseidBody)
-		path = filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path, content
+	path = filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, content
+}
+
+// validateRefuses runs `helsegate validate` on path, fails the test unless
+// it exits with an error, and returns its output.
+func validateRefuses(t *testing.T, path, content string) string {
+	t.Helper()
+	out, err := validate(t, path)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("validate succeeded (or did not run: %v) on a bad config:\n%s\n--- output ---\n%s", err, content, out)
+	}
+	return out
+}
+
+// lineNamed returns the line of path that validate's output names as
+// path:<line>, and fails the test when it names none.
+func lineNamed(t *testing.T, out, path string) int {
+	t.Helper()
+	m := regexp.MustCompile(regexp.QuoteMeta(path) + `:(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("the error does not name the file and line (%s:<line>):\n%s", path, out)
+	}
+	line, _ := strconv.Atoi(m[1])
+	return line
+}
+
+// Config errors name the file and the line; validate does no network I/O.
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	// Nothing answers on these: an issuer that cannot resolve and a Redis
+	// where nothing listens.
+	const issuer = "https://helseid-sts.invalid"
+	write := func(name, helseidBody string) (path, content string) {
+		return writeValidateConfig(t, dir, name, helseidBody)
 	}
 	good := "\t\tissuer " + issuer + "\n\t\taudience nhn:kjernejournal\n\t\tscopes nhn:kjernejournal/api\n"
 
@@ -85,19 +117,11 @@ http://127.0.0.1:8080 {
 	for i, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
 			path, content := write(fmt.Sprintf("bad%d.Caddyfile", i), tc.body)
-			out, err := validate(t, path)
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) {
-				t.Fatalf("validate succeeded (or did not run: %v) on a bad config:\n%s\n--- output ---\n%s", err, content, out)
-			}
+			out := validateRefuses(t, path, content)
 			if !strings.Contains(out, tc.msg) {
 				t.Errorf("the error does not mention %q:\n%s", tc.msg, out)
 			}
-			m := regexp.MustCompile(regexp.QuoteMeta(path) + `:(\d+)`).FindStringSubmatch(out)
-			if m == nil {
-				t.Fatalf("the error does not name the file and line (%s:<line>):\n%s", path, out)
-			}
-			line, _ := strconv.Atoi(m[1])
+			line := lineNamed(t, out, path)
 			if tc.mark != "" {
 				if want := lineOf(content, tc.mark); line != want {
 					t.Errorf("the error names line %d, want %d (the line with %q):\n%s", line, want, tc.mark, out)

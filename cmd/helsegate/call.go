@@ -167,65 +167,100 @@ func runCall(cmd *cobra.Command, args []string) (int, error) {
 	if flag("replay") && flag("bearer") {
 		return 1, errors.New("call: --replay needs a proof, --bearer sends none")
 	}
-	target := args[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-
-	u, err := url.Parse(target)
-	if err != nil || u.Host == "" {
-		return 1, fmt.Errorf("call: %q is not an absolute URL", target)
-	}
-	key, token, err := credentials(ctx, f, str, flag)
+	c, err := newCaller(ctx, f, str, flag, args[0])
 	if err != nil {
 		return 1, err
 	}
-	htu := *u
-	htu.RawQuery, htu.Fragment = "", ""
 
-	send := func(proof string) (*http.Response, error) {
-		req, err := http.NewRequestWithContext(ctx, str("method"), target, nil)
-		if err != nil {
-			return nil, err
-		}
-		if flag("bearer") {
-			req.Header.Set("Authorization", "Bearer "+token)
-		} else {
-			req.Header.Set("Authorization", "DPoP "+token)
-			req.Header.Set("DPoP", proof)
-		}
-		return http.DefaultClient.Do(req)
-	}
-	newProof := func(nonce string) (string, error) {
-		return key.Proof(str("method"), htu.String(), token, dpopclient.ProofOptions{Nonce: nonce})
-	}
-
-	proof, err := newProof("")
+	proof, resp, err := c.call(out, flag("quiet"))
 	if err != nil {
 		return 1, err
-	}
-	resp, err := send(proof)
-	if err != nil {
-		return 1, err
-	}
-	if nonce := resp.Header.Get("DPoP-Nonce"); resp.StatusCode == http.StatusUnauthorized && nonce != "" &&
-		strings.Contains(resp.Header.Get("WWW-Authenticate"), "use_dpop_nonce") && !flag("bearer") {
-		printResponse(out, resp, flag("quiet"), "nonce requested; retrying with it")
-		if proof, err = newProof(nonce); err != nil {
-			return 1, err
-		}
-		if resp, err = send(proof); err != nil {
-			return 1, err
-		}
 	}
 	first := printResponse(out, resp, flag("quiet"), "")
 	if !flag("replay") {
 		return exitCode(first, nil), nil
 	}
-	if resp, err = send(proof); err != nil {
+	if resp, err = c.send(proof); err != nil {
 		return 1, err
 	}
 	second := printResponse(out, resp, flag("quiet"), "the same proof again (replay)")
 	return exitCode(first, &second), nil
+}
+
+// caller sends the request of call: one method and URL, with one token and
+// the key it is bound to.
+type caller struct {
+	ctx    context.Context
+	method string
+	target string
+	htu    string // target without query and fragment (RFC 9449 §4.2)
+	key    *dpopclient.Key
+	token  string
+	bearer bool // send the token as Bearer, without a proof
+}
+
+// newCaller checks target and gets the credentials the flags ask for.
+func newCaller(ctx context.Context, f *pflag.FlagSet, str func(string) string, flag func(string) bool, target string) (*caller, error) {
+	u, err := url.Parse(target)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("call: %q is not an absolute URL", target)
+	}
+	key, token, err := credentials(ctx, f, str, flag)
+	if err != nil {
+		return nil, err
+	}
+	htu := *u
+	htu.RawQuery, htu.Fragment = "", ""
+	return &caller{ctx: ctx, method: str("method"), target: target, htu: htu.String(), key: key, token: token, bearer: flag("bearer")}, nil
+}
+
+// call sends the request with a fresh proof. An answer asking for a nonce
+// (RFC 9449 §9: 401 use_dpop_nonce with DPoP-Nonce) is printed and the
+// request sent once more with a proof carrying it. It returns the last
+// proof sent and the answer that counts.
+func (c *caller) call(out io.Writer, quiet bool) (string, *http.Response, error) {
+	proof, err := c.proof("")
+	if err != nil {
+		return "", nil, err
+	}
+	resp, err := c.send(proof)
+	if err != nil {
+		return "", nil, err
+	}
+	if nonce := resp.Header.Get("DPoP-Nonce"); resp.StatusCode == http.StatusUnauthorized && nonce != "" &&
+		strings.Contains(resp.Header.Get("WWW-Authenticate"), "use_dpop_nonce") && !c.bearer {
+		printResponse(out, resp, quiet, "nonce requested; retrying with it")
+		if proof, err = c.proof(nonce); err != nil {
+			return "", nil, err
+		}
+		if resp, err = c.send(proof); err != nil {
+			return "", nil, err
+		}
+	}
+	return proof, resp, nil
+}
+
+// proof signs a fresh DPoP proof for the request, with nonce if not empty.
+func (c *caller) proof(nonce string) (string, error) {
+	return c.key.Proof(c.method, c.htu, c.token, dpopclient.ProofOptions{Nonce: nonce})
+}
+
+// send sends the request with the token and proof (or the token alone as
+// Bearer).
+func (c *caller) send(proof string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(c.ctx, c.method, c.target, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.bearer {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	} else {
+		req.Header.Set("Authorization", "DPoP "+c.token)
+		req.Header.Set("DPoP", proof)
+	}
+	return http.DefaultClient.Do(req)
 }
 
 // outcome is what the exit status is decided on: the status and the error
@@ -251,15 +286,9 @@ func exitCode(first outcome, replay *outcome) int {
 // credentials returns the proof key and the access token: from --token and
 // --key, or a token from the simulator bound to --key or to a fresh key.
 func credentials(ctx context.Context, f *pflag.FlagSet, str func(string) string, flag func(string) bool) (*dpopclient.Key, string, error) {
-	var key *dpopclient.Key
-	if p := str("key"); p != "" {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return nil, "", fmt.Errorf("call: --key: %w", err)
-		}
-		if key, err = dpopclient.LoadKey(data); err != nil {
-			return nil, "", fmt.Errorf("call: --key %s: %w", p, err)
-		}
+	key, err := loadKey(str("key"))
+	if err != nil {
+		return nil, "", err
 	}
 	if tok := str("token"); tok != "" {
 		for _, n := range attestFlags {
@@ -273,11 +302,39 @@ func credentials(ctx context.Context, f *pflag.FlagSet, str func(string) string,
 		return key, tok, nil
 	}
 	if key == nil {
-		var err error
 		if key, err = dpopclient.NewKey(str("alg")); err != nil {
 			return nil, "", err
 		}
 	}
+	form, err := tokenForm(f, str, flag)
+	if err != nil {
+		return nil, "", err
+	}
+	tok, err := key.FetchToken(ctx, strings.TrimSuffix(str("issuer"), "/")+helseidsim.TokenPath, form)
+	if err != nil {
+		return nil, "", fmt.Errorf("call: getting a token from %s: %w", str("issuer"), err)
+	}
+	return key, tok, nil
+}
+
+// loadKey reads the private JWK at path; no path, no key.
+func loadKey(path string) (*dpopclient.Key, error) {
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("call: --key: %w", err)
+	}
+	key, err := dpopclient.LoadKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("call: --key %s: %w", path, err)
+	}
+	return key, nil
+}
+
+// tokenForm is the simulator's token request for the flags.
+func tokenForm(f *pflag.FlagSet, str func(string) string, flag func(string) bool) (url.Values, error) {
 	form := url.Values{
 		"client_id":              {helseidsim.DefaultClientID},
 		"scope":                  {str("scope")},
@@ -289,17 +346,13 @@ func credentials(ctx context.Context, f *pflag.FlagSet, str func(string) string,
 	}
 	attest, err := attestForm(f, form)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if flag("user") || attest {
 		form.Set(helseidsim.FormUser, "true")
 		form.Set(helseidsim.FormHPRNumber, "431001110")
 	}
-	tok, err := key.FetchToken(ctx, strings.TrimSuffix(str("issuer"), "/")+helseidsim.TokenPath, form)
-	if err != nil {
-		return nil, "", fmt.Errorf("call: getting a token from %s: %w", str("issuer"), err)
-	}
-	return key, tok, nil
+	return form, nil
 }
 
 // writeNewKey writes a fresh private JWK for alg to path, readable by its

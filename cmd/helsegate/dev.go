@@ -70,52 +70,113 @@ func runDev(cmd *cobra.Command) error {
 	str := func(n string) string { v, _ := f.GetString(n); return v }
 	port := func(n string) int { v, _ := f.GetInt(n); return v }
 
-	// A members file is decoded strictly: a misspelled field is an error,
-	// not an authorization silently read with its zero value.
-	doc, err := registrysim.DecodeDocument(devMembers)
-	if p := str("members"); p != "" {
-		doc, err = registrysim.ReadDocument(p)
-	}
+	doc, err := devMembersDocument(str("members"))
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
+	d, err := startDevDoubles(doc, port("issuer-port"), port("registry-port"), port("upstream-port"))
+	if err != nil {
+		return err
+	}
+	defer d.close()
 
-	sim, err := helseidsim.Start(helseidsim.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port("issuer-port"))})
+	site := fmt.Sprintf("http://localhost:%d", port("port"))
+	note := d.setEnv(site, str("admin"), str("config"))
+	if err := loadDevGateway(str("config")); err != nil {
+		return err
+	}
+	defer func() { _ = caddy.Stop() }()
+
+	printDevHelp(site, note, d.sim.Issuer(), d.reg.URL(), d.upstreamAddr, doc)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	<-sig
+	fmt.Fprintln(os.Stderr, "dev: stopping")
+	return nil
+}
+
+// devMembersDocument reads the registry's members from path, or the
+// built-in set when path is empty. A members file is decoded strictly: a
+// misspelled field is an error, not an authorization silently read with its
+// zero value.
+func devMembersDocument(path string) (registrysim.Document, error) {
+	if path != "" {
+		return registrysim.ReadDocument(path)
+	}
+	return registrysim.DecodeDocument(devMembers)
+}
+
+// devDoubles are the test doubles 'helsegate dev' runs the gateway against.
+type devDoubles struct {
+	sim          *helseidsim.Server
+	reg          *registrysim.Server
+	upstream     *http.Server
+	upstreamAddr string
+}
+
+// startDevDoubles starts the HelseID simulator, the registry simulator
+// (sharing MEMBERSHIP_TOKEN, set to a dev value when unset) and the echo
+// upstream on loopback. On error, what was started is closed.
+func startDevDoubles(doc registrysim.Document, issuerPort, registryPort, upstreamPort int) (*devDoubles, error) {
+	d := &devDoubles{upstreamAddr: fmt.Sprintf("127.0.0.1:%d", upstreamPort)}
+	if err := d.start(doc, issuerPort, registryPort); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// start starts the doubles in order, keeping each in d as it comes up.
+func (d *devDoubles) start(doc registrysim.Document, issuerPort, registryPort int) error {
+	var err error
+	d.sim, err = helseidsim.Start(helseidsim.Options{Addr: fmt.Sprintf("127.0.0.1:%d", issuerPort)})
 	if err != nil {
 		return fmt.Errorf("dev: HelseID simulator: %w", err)
 	}
-	defer sim.Close()
-
 	if os.Getenv("MEMBERSHIP_TOKEN") == "" {
 		_ = os.Setenv("MEMBERSHIP_TOKEN", "dev-token")
 	}
-	reg, err := registrysim.Start(registrysim.Options{
-		Addr:    fmt.Sprintf("127.0.0.1:%d", port("registry-port")),
+	d.reg, err = registrysim.Start(registrysim.Options{
+		Addr:    fmt.Sprintf("127.0.0.1:%d", registryPort),
 		Members: doc.Authorizations,
 		Token:   os.Getenv("MEMBERSHIP_TOKEN"),
 	})
 	if err != nil {
 		return fmt.Errorf("dev: registry simulator: %w", err)
 	}
-	defer reg.Close()
-
-	upstreamAddr := fmt.Sprintf("127.0.0.1:%d", port("upstream-port"))
-	ln, err := net.Listen("tcp", upstreamAddr)
+	ln, err := net.Listen("tcp", d.upstreamAddr)
 	if err != nil {
 		return fmt.Errorf("dev: upstream: %w", err)
 	}
-	upstream := &http.Server{Handler: http.HandlerFunc(echoUpstream), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = upstream.Serve(ln) }()
-	defer upstream.Close()
+	d.upstream = &http.Server{Handler: http.HandlerFunc(echoUpstream), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = d.upstream.Serve(ln) }()
+	return nil
+}
 
-	site := fmt.Sprintf("http://localhost:%d", port("port"))
-	_ = os.Setenv("HELSEID_ISSUER", sim.Issuer())
-	_ = os.Setenv("MEMBERSHIP_REGISTRY", reg.URL())
-	_ = os.Setenv("KJ_UPSTREAM", upstreamAddr)
-	_ = os.Setenv("PJD_UPSTREAM", upstreamAddr) // the stand-in answers for both APIs
+// close stops what startDevDoubles started, the last first.
+func (d *devDoubles) close() {
+	if d.upstream != nil {
+		_ = d.upstream.Close()
+	}
+	if d.reg != nil {
+		_ = d.reg.Close()
+	}
+	if d.sim != nil {
+		_ = d.sim.Close()
+	}
+}
+
+// setEnv points the config at the doubles through its environment
+// variables and returns the line that says what runs where.
+func (d *devDoubles) setEnv(site, admin, config string) string {
+	_ = os.Setenv("HELSEID_ISSUER", d.sim.Issuer())
+	_ = os.Setenv("MEMBERSHIP_REGISTRY", d.reg.URL())
+	_ = os.Setenv("KJ_UPSTREAM", d.upstreamAddr)
+	_ = os.Setenv("PJD_UPSTREAM", d.upstreamAddr) // the stand-in answers for both APIs
 	_ = os.Setenv("HELSEGATE_SITE", site)
 	_ = os.Setenv("HELSEGATE_PUBLIC_ORIGIN", site)
-	_ = os.Setenv("HELSEGATE_ADMIN", str("admin"))
+	_ = os.Setenv("HELSEGATE_ADMIN", admin)
 	// Caddyfile.example listens on every interface unless told otherwise;
 	// the simulators hand out tokens to anyone, so dev stays on loopback.
 	_ = os.Setenv("HELSEGATE_BIND", "127.0.0.1")
@@ -129,16 +190,19 @@ func runDev(cmd *cobra.Command) error {
 	if os.Getenv("REDIS_URL") == "" {
 		_ = os.Setenv("REDIS_URL", "none")
 	}
-	note := str("config") + " on 127.0.0.1, in-process store"
 	if os.Getenv("REDIS_URL") != "none" {
-		note = str("config") + " on 127.0.0.1, Redis from REDIS_URL"
+		return config + " on 127.0.0.1, Redis from REDIS_URL"
 	}
+	return config + " on 127.0.0.1, in-process store"
+}
 
-	body, err := os.ReadFile(str("config"))
+// loadDevGateway adapts the Caddyfile at path and starts Caddy with it.
+func loadDevGateway(path string) error {
+	body, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": str("config")})
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": path})
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
@@ -148,14 +212,6 @@ func runDev(cmd *cobra.Command) error {
 	if err := caddy.Load(cfg, true); err != nil {
 		return fmt.Errorf("dev: starting the gateway: %w", err)
 	}
-	defer func() { _ = caddy.Stop() }()
-
-	printDevHelp(site, note, sim.Issuer(), reg.URL(), upstreamAddr, doc)
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	<-sig
-	fmt.Fprintln(os.Stderr, "dev: stopping")
 	return nil
 }
 

@@ -133,10 +133,12 @@ func (s *scanner) array(t reflect.Type) error {
 // with one by one; beyond it they go into a map.
 const smallObject = 32
 
+// object checks the object at s.i against t and moves past it: no member
+// twice, and, when t is a struct, no member name that is one of its field
+// names in another case.
 func (s *scanner) object(t reflect.Type) error {
 	fields := fieldsOf(t)
-	var small [smallObject]string
-	seen, seenMap := small[:0], map[string]struct{}(nil)
+	var seen nameSet
 	s.i++ // {
 	s.space()
 	if s.data[s.i] == '}' {
@@ -145,44 +147,16 @@ func (s *scanner) object(t reflect.Type) error {
 	}
 	for {
 		s.space()
-		quoted, escaped := s.str()
-		// A view of the document's bytes, kept no longer than Check runs;
-		// an escaped name is decoded as encoding/json decodes it.
-		name := unsafe.String(unsafe.SliceData(quoted[1:]), len(quoted)-2)
-		if escaped {
-			var decoded string
-			if err := json.Unmarshal(quoted, &decoded); err != nil {
-				return err
-			}
-			name = decoded
+		name, err := s.memberName()
+		if err != nil {
+			return err
 		}
-		// Names seen: compared one by one while few, then in a map.
-		dup := false
-		if seenMap == nil {
-			dup = slices.Contains(seen, name)
-			if len(seen) < cap(seen) {
-				seen = append(seen, name)
-			} else {
-				seenMap = make(map[string]struct{}, 2*len(seen))
-				for _, n := range seen {
-					seenMap[n] = struct{}{}
-				}
-			}
-		}
-		if seenMap != nil {
-			_, dup = seenMap[name]
-			seenMap[name] = struct{}{}
-		}
-		if dup {
+		if seen.add(name) {
 			return fmt.Errorf("member %q appears twice", name)
 		}
-		ft, exact := fields[name]
-		if !exact {
-			for known := range fields {
-				if strings.EqualFold(known, name) {
-					return fmt.Errorf("member %q is not %q: names match exactly", name, known)
-				}
-			}
+		ft, err := exactField(fields, name)
+		if err != nil {
+			return err
 		}
 		s.space()
 		s.i++ // :
@@ -195,6 +169,64 @@ func (s *scanner) object(t reflect.Type) error {
 			return nil
 		}
 	}
+}
+
+// memberName moves past the member name at s.i and returns it as
+// encoding/json reads it.
+func (s *scanner) memberName() (string, error) {
+	quoted, escaped := s.str()
+	if !escaped {
+		// A view of the document's bytes, kept no longer than Check runs.
+		return unsafe.String(unsafe.SliceData(quoted[1:]), len(quoted)-2), nil
+	}
+	// An escaped name is decoded as encoding/json decodes it.
+	var decoded string
+	if err := json.Unmarshal(quoted, &decoded); err != nil {
+		return "", err
+	}
+	return decoded, nil
+}
+
+// nameSet holds the member names of one object: compared one by one while
+// few (no allocation), then in a map.
+type nameSet struct {
+	small [smallObject]string
+	n     int
+	big   map[string]struct{}
+}
+
+// add records name and reports whether it was there already.
+func (ns *nameSet) add(name string) bool {
+	if ns.big == nil {
+		dup := slices.Contains(ns.small[:ns.n], name)
+		if ns.n < len(ns.small) {
+			ns.small[ns.n] = name
+			ns.n++
+			return dup
+		}
+		ns.big = make(map[string]struct{}, 2*ns.n)
+		for _, n := range ns.small[:ns.n] {
+			ns.big[n] = struct{}{}
+		}
+	}
+	_, dup := ns.big[name]
+	ns.big[name] = struct{}{}
+	return dup
+}
+
+// exactField returns the type of the field that member name is read into
+// (nil for none), or an error when name is a field's name in another case:
+// encoding/json would read it into that field, another reader would not.
+func exactField(fields map[string]reflect.Type, name string) (reflect.Type, error) {
+	if ft, exact := fields[name]; exact {
+		return ft, nil
+	}
+	for known := range fields {
+		if strings.EqualFold(known, name) {
+			return nil, fmt.Errorf("member %q is not %q: names match exactly", name, known)
+		}
+	}
+	return nil, nil
 }
 
 func deref(t reflect.Type) reflect.Type {

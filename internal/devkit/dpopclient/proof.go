@@ -10,6 +10,8 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/helsegate/helsegate/internal/devkit/jwsheader"
 )
 
 // ProofOptions tunes a proof. The zero value gives a correct proof.
@@ -103,16 +105,8 @@ func (k *Key) proofHeader(o ProofOptions) (jws.Headers, error) {
 			return nil, err
 		}
 	}
-	for name, v := range o.Header {
-		var err error
-		if v == nil {
-			err = hdr.Remove(name)
-		} else {
-			err = hdr.Set(name, v)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("dpopclient: header %q: %w", name, err)
-		}
+	if err := jwsheader.Merge(hdr, o.Header); err != nil {
+		return nil, fmt.Errorf("dpopclient: %w", err)
 	}
 	return hdr, nil
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
@@ -120,10 +119,7 @@ func TestMintAttestForms(t *testing.T) {
 
 func TestTokenEndpointAttest(t *testing.T) {
 	s := start(t, helseidsim.Options{})
-	key, err := dpopclient.NewKey("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t, "ES256")
 	fetch := func(t *testing.T, form url.Values) (map[string]any, error) {
 		t.Helper()
 		form.Set("user", "true")

@@ -1,6 +1,6 @@
 // Package helseidsim is a HelseID simulator: a TEST DOUBLE, not an identity
-// provider. It exists so that integration tests (and later `helsegate dev`)
-// can run the gateway on a laptop without reaching the real HelseID.
+// provider. It exists so that integration tests (and `helsegate dev`) can
+// run the gateway on a laptop without reaching the real HelseID.
 //
 // The simulator listens with plain HTTP on a loopback address only and
 // serves:

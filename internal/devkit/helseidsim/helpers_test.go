@@ -13,6 +13,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
+	"github.com/helsegate/helsegate/internal/devkit/dpopclient"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
@@ -30,6 +31,16 @@ func start(t *testing.T, opts helseidsim.Options) *helseidsim.Server {
 		}
 	})
 	return s
+}
+
+// newKey is a fresh DPoP key for alg.
+func newKey(t *testing.T, alg string) *dpopclient.Key {
+	t.Helper()
+	key, err := dpopclient.NewKey(alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
 }
 
 func mint(t *testing.T, s *helseidsim.Server, spec helseidsim.TokenSpec) string {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/helsegate/helsegate/internal/devkit/jwsheader"
 )
 
 // Defaults used by Mint and the token endpoint.
@@ -94,118 +96,53 @@ func (s *Server) Mint(spec TokenSpec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("helseidsim: marshal claims: %w", err)
 	}
-
-	hdr := jws.NewHeaders()
-	typ := spec.Typ
-	if typ == "" {
-		typ = "at+jwt"
-	}
-	kid := spec.Kid
-	if kid == "" {
-		kid = cur.kid
-	}
-	if err := hdr.Set(jws.TypeKey, typ); err != nil {
+	hdr, err := mintHeader(spec, cur.kid)
+	if err != nil {
 		return "", err
 	}
-	if err := hdr.Set(jws.KeyIDKey, kid); err != nil {
-		return "", err
-	}
-	for name, v := range spec.Header {
-		if v == nil {
-			err = hdr.Remove(name)
-		} else {
-			err = hdr.Set(name, v)
-		}
-		if err != nil {
-			return "", fmt.Errorf("helseidsim: header %q: %w", name, err)
-		}
-	}
-
-	alg := jwa.SignatureAlgorithm(spec.Alg)
-	if spec.Alg == "" {
-		alg = jwa.RS256
-	}
-	var opt jws.SignOption
-	switch {
-	case alg == jwa.NoSignature:
-		opt = jws.WithInsecureNoSignature(jws.WithProtectedHeaders(hdr))
-	case spec.SignWith != nil:
-		opt = jws.WithKey(alg, spec.SignWith, jws.WithProtectedHeaders(hdr))
-	default:
-		// A raw key, so that jwx does not overwrite our kid header.
-		opt = jws.WithKey(alg, cur.priv, jws.WithProtectedHeaders(hdr))
-	}
-	tok, err := jws.Sign(payload, opt)
+	tok, err := jws.Sign(payload, signOption(spec, cur.priv, hdr))
 	if err != nil {
 		return "", fmt.Errorf("helseidsim: sign: %w", err)
 	}
 	return string(tok), nil
 }
 
-func (s *Server) claims(spec TokenSpec) (map[string]any, error) {
-	iat := spec.IssuedAt
-	if iat.IsZero() {
-		iat = s.now()
+// mintHeader builds the protected header: typ and kid (spec's or the
+// defaults), then spec.Header merged over them.
+func mintHeader(spec TokenSpec, currentKid string) (jws.Headers, error) {
+	hdr := jws.NewHeaders()
+	if err := hdr.Set(jws.TypeKey, orDefault(spec.Typ, "at+jwt")); err != nil {
+		return nil, err
 	}
-	nbf := spec.NotBefore
-	if nbf.IsZero() {
-		nbf = iat
+	if err := hdr.Set(jws.KeyIDKey, orDefault(spec.Kid, currentKid)); err != nil {
+		return nil, err
 	}
-	life := spec.Lifetime
-	if life == 0 {
-		life = DefaultLifetime
+	if err := jwsheader.Merge(hdr, spec.Header); err != nil {
+		return nil, fmt.Errorf("helseidsim: %w", err)
 	}
-	iss := spec.Issuer
-	if iss == "" {
-		iss = s.issuer
-	}
-	aud := spec.Audience
-	if aud == nil {
-		aud = []string{DefaultAudience}
-	}
-	scopes := spec.Scopes
-	if scopes == nil {
-		scopes = []string{DefaultScope}
-	}
-	clientID := spec.ClientID
-	if clientID == "" {
-		clientID = DefaultClientID
-	}
+	return hdr, nil
+}
 
-	c := map[string]any{
-		"iss":       iss,
-		"iat":       iat.Unix(),
-		"nbf":       nbf.Unix(),
-		"client_id": clientID,
-		"jti":       randomJTI(),
+// signOption picks how the token is signed: not at all for alg "none",
+// with spec.SignWith when set, otherwise with the simulator's current key.
+func signOption(spec TokenSpec, current any, hdr jws.Headers) jws.SignOption {
+	alg := jwa.SignatureAlgorithm(orDefault(spec.Alg, jwa.RS256.String()))
+	switch {
+	case alg == jwa.NoSignature:
+		return jws.WithInsecureNoSignature(jws.WithProtectedHeaders(hdr))
+	case spec.SignWith != nil:
+		return jws.WithKey(alg, spec.SignWith, jws.WithProtectedHeaders(hdr))
+	default:
+		// A raw key, so that jwx does not overwrite our kid header.
+		return jws.WithKey(alg, current, jws.WithProtectedHeaders(hdr))
 	}
-	if !spec.OmitExp {
-		c["exp"] = iat.Add(life).Unix()
-	}
-	if len(aud) == 1 {
-		c["aud"] = aud[0]
-	} else {
-		c["aud"] = aud
-	}
-	if spec.ScopeAsString {
-		c["scope"] = strings.Join(scopes, " ")
-	} else {
-		c["scope"] = scopes
-	}
-	if spec.JKT != "" {
-		c["cnf"] = map[string]any{"jkt": spec.JKT}
-	}
-	for name, v := range map[string]string{
-		"sub":               spec.Subject,
-		ClaimOrgParent:      spec.OrgParent,
-		ClaimOrgChild:       spec.OrgChild,
-		ClaimOrgSupplier:    spec.OrgSupplier,
-		ClaimTenancy:        spec.Tenancy,
-		ClaimPID:            spec.PID,
-		ClaimSecurityLevel:  spec.SecurityLevel,
-		ClaimAssuranceLevel: spec.AssuranceLevel,
-		ClaimHPRNumber:      spec.HPRNumber,
-	} {
+}
+
+// claims builds the token's claim set from spec: the registered claims,
+// the HelseID ones that are set, the attest, then spec.Extra over them.
+func (s *Server) claims(spec TokenSpec) (map[string]any, error) {
+	c := s.registeredClaims(spec)
+	for name, v := range helseIDClaims(spec) {
 		if v != "" {
 			c[name] = v
 		}
@@ -225,6 +162,77 @@ func (s *Server) claims(spec TokenSpec) (map[string]any, error) {
 		}
 	}
 	return c, nil
+}
+
+// registeredClaims gives iss, iat, nbf, exp, aud, scope, client_id, jti and
+// cnf, each from spec or its default.
+func (s *Server) registeredClaims(spec TokenSpec) map[string]any {
+	iat := spec.IssuedAt
+	if iat.IsZero() {
+		iat = s.now()
+	}
+	nbf := spec.NotBefore
+	if nbf.IsZero() {
+		nbf = iat
+	}
+	life := spec.Lifetime
+	if life == 0 {
+		life = DefaultLifetime
+	}
+	c := map[string]any{
+		"iss":       orDefault(spec.Issuer, s.issuer),
+		"iat":       iat.Unix(),
+		"nbf":       nbf.Unix(),
+		"client_id": orDefault(spec.ClientID, DefaultClientID),
+		"jti":       randomJTI(),
+		"aud":       audienceClaim(spec.Audience),
+		"scope":     scopeClaim(spec.Scopes, spec.ScopeAsString),
+	}
+	if !spec.OmitExp {
+		c["exp"] = iat.Add(life).Unix()
+	}
+	if spec.JKT != "" {
+		c["cnf"] = map[string]any{"jkt": spec.JKT}
+	}
+	return c
+}
+
+// audienceClaim emits one audience as a string and several as an array.
+func audienceClaim(aud []string) any {
+	if aud == nil {
+		aud = []string{DefaultAudience}
+	}
+	if len(aud) == 1 {
+		return aud[0]
+	}
+	return aud
+}
+
+// scopeClaim emits the scopes as HelseID's array, or as a space-separated
+// string when asString.
+func scopeClaim(scopes []string, asString bool) any {
+	if scopes == nil {
+		scopes = []string{DefaultScope}
+	}
+	if asString {
+		return strings.Join(scopes, " ")
+	}
+	return scopes
+}
+
+// helseIDClaims names the string claims of spec; empty ones are left out.
+func helseIDClaims(spec TokenSpec) map[string]string {
+	return map[string]string{
+		"sub":               spec.Subject,
+		ClaimOrgParent:      spec.OrgParent,
+		ClaimOrgChild:       spec.OrgChild,
+		ClaimOrgSupplier:    spec.OrgSupplier,
+		ClaimTenancy:        spec.Tenancy,
+		ClaimPID:            spec.PID,
+		ClaimSecurityLevel:  spec.SecurityLevel,
+		ClaimAssuranceLevel: spec.AssuranceLevel,
+		ClaimHPRNumber:      spec.HPRNumber,
+	}
 }
 
 // randomJTI returns 128 random bits, base64url without padding.

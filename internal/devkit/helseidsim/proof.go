@@ -36,64 +36,83 @@ func (s *Server) checkProof(values []string) (string, error) {
 	if len(values) > 1 {
 		return "", errors.New("more than one DPoP header")
 	}
-	raw := []byte(values[0])
-	msg, err := jws.Parse(raw)
+	key, payload, err := verifyProofJWS([]byte(values[0]))
 	if err != nil {
-		return "", errors.New("proof is not a JWS")
+		return "", err
 	}
-	sigs := msg.Signatures()
-	if len(sigs) != 1 {
-		return "", errors.New("proof must have one signature")
+	if err := s.checkProofClaims(payload); err != nil {
+		return "", err
 	}
-	hdr := sigs[0].ProtectedHeaders()
-	if hdr.Type() != "dpop+jwt" {
-		return "", errors.New("proof typ must be dpop+jwt")
-	}
-	alg := hdr.Algorithm()
-	if !slices.Contains(dpopAlgs, alg.String()) {
-		return "", fmt.Errorf("proof alg %q not supported", alg)
-	}
-	key := hdr.JWK()
-	if key == nil {
-		return "", errors.New("proof has no jwk header")
-	}
-	if priv, err := jwk.IsPrivateKey(key); err != nil || priv {
-		return "", errors.New("proof jwk must be a public key")
-	}
-	if _, err := jws.Verify(raw, jws.WithKey(jwa.SignatureAlgorithm(alg), key)); err != nil {
-		return "", errors.New("proof signature does not verify")
-	}
-
-	var c proofClaims
-	if err := json.Unmarshal(msg.Payload(), &c); err != nil {
-		return "", errors.New("proof payload is not a JSON object")
-	}
-	if c.JTI == "" {
-		return "", errors.New("proof has no jti")
-	}
-	if c.HTM != "POST" {
-		return "", errors.New("proof htm must be POST")
-	}
-	if !sameHTU(c.HTU, s.TokenEndpoint()) {
-		return "", errors.New("proof htu does not match the token endpoint")
-	}
-	if c.IAT == nil || math.IsNaN(*c.IAT) {
-		return "", errors.New("proof has no iat")
-	}
-	now := s.now()
-	iat := time.Unix(int64(*c.IAT), 0)
-	if iat.Before(now.Add(-ProofMaxSkew)) || iat.After(now.Add(ProofMaxSkew)) {
-		return "", errors.New("proof iat outside the allowed window")
-	}
-	if s.replayed(c.JTI, now) {
-		return "", errors.New("proof jti already used")
-	}
-
 	tp, err := key.Thumbprint(crypto.SHA256)
 	if err != nil {
 		return "", errors.New("cannot compute jwk thumbprint")
 	}
 	return base64.RawURLEncoding.EncodeToString(tp), nil
+}
+
+// verifyProofJWS checks the proof as a JWS (RFC 9449 §4.3 steps 2 and 4-7:
+// one signature, typ dpop+jwt, a supported alg, a public jwk, a signature
+// that verifies with that jwk) and returns the jwk and the payload.
+func verifyProofJWS(raw []byte) (jwk.Key, []byte, error) {
+	msg, err := jws.Parse(raw)
+	if err != nil {
+		return nil, nil, errors.New("proof is not a JWS")
+	}
+	sigs := msg.Signatures()
+	if len(sigs) != 1 {
+		return nil, nil, errors.New("proof must have one signature")
+	}
+	hdr := sigs[0].ProtectedHeaders()
+	if hdr.Type() != "dpop+jwt" {
+		return nil, nil, errors.New("proof typ must be dpop+jwt")
+	}
+	alg := hdr.Algorithm()
+	if !slices.Contains(dpopAlgs, alg.String()) {
+		return nil, nil, fmt.Errorf("proof alg %q not supported", alg)
+	}
+	key := hdr.JWK()
+	if key == nil {
+		return nil, nil, errors.New("proof has no jwk header")
+	}
+	if priv, err := jwk.IsPrivateKey(key); err != nil || priv {
+		return nil, nil, errors.New("proof jwk must be a public key")
+	}
+	if _, err := jws.Verify(raw, jws.WithKey(jwa.SignatureAlgorithm(alg), key)); err != nil {
+		return nil, nil, errors.New("proof signature does not verify")
+	}
+	return key, msg.Payload(), nil
+}
+
+// checkProofClaims checks the proof's claims (RFC 9449 §4.3 steps 3, 8, 9
+// and 11): a jti, htm POST, htu the token endpoint, iat within
+// ProofMaxSkew of the server clock; and that the jti was not used before
+// (RFC 9449 §11.1).
+func (s *Server) checkProofClaims(payload []byte) error {
+	var c proofClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return errors.New("proof payload is not a JSON object")
+	}
+	if c.JTI == "" {
+		return errors.New("proof has no jti")
+	}
+	if c.HTM != "POST" {
+		return errors.New("proof htm must be POST")
+	}
+	if !sameHTU(c.HTU, s.TokenEndpoint()) {
+		return errors.New("proof htu does not match the token endpoint")
+	}
+	if c.IAT == nil || math.IsNaN(*c.IAT) {
+		return errors.New("proof has no iat")
+	}
+	now := s.now()
+	iat := time.Unix(int64(*c.IAT), 0)
+	if iat.Before(now.Add(-ProofMaxSkew)) || iat.After(now.Add(ProofMaxSkew)) {
+		return errors.New("proof iat outside the allowed window")
+	}
+	if s.replayed(c.JTI, now) {
+		return errors.New("proof jti already used")
+	}
+	return nil
 }
 
 // sameHTU compares htu with the endpoint, ignoring query and fragment

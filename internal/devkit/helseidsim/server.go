@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -45,8 +44,7 @@ type Server struct {
 	issuer string
 	clock  func() time.Time
 	ln     net.Listener
-	srv    *http.Server
-	done   chan struct{}
+	srv    *loopback.Server
 
 	outage      atomic.Bool
 	jwksFetches atomic.Int64
@@ -76,7 +74,7 @@ func Start(opts Options) (*Server, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	s := &Server{clock: clock, seenJTI: map[string]time.Time{}, done: make(chan struct{}), subKey: make([]byte, 32)}
+	s := &Server{clock: clock, seenJTI: map[string]time.Time{}, subKey: make([]byte, 32)}
 	if _, err := rand.Read(s.subKey); err != nil {
 		return nil, fmt.Errorf("helseidsim: %w", err)
 	}
@@ -95,23 +93,12 @@ func Start(opts Options) (*Server, error) {
 	mux.HandleFunc("GET "+JWKSPath, s.handleJWKS)
 	mux.HandleFunc("POST "+TokenPath, s.handleToken)
 	mux.HandleFunc("POST "+RotatePath, s.handleRotate)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln)
-	}()
+	s.srv = loopback.Serve(ln, mux)
 	return s, nil
 }
 
 // Close stops the listener and waits for the serve loop to end.
-func (s *Server) Close() error {
-	err := s.srv.Close()
-	<-s.done
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // Issuer returns the exact iss of every token, e.g. "http://127.0.0.1:40123"
 // (no trailing slash).

@@ -4,7 +4,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -61,20 +63,35 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		tokenError(w, "invalid_dpop_proof", err.Error())
 		return
 	}
-
-	tenancy := f.Get(FormTenancy)
-	switch tenancy {
-	case "":
-		tenancy = TenancySingle
-		if f.Get(FormOrgSupplier) != "" {
-			tenancy = TenancyMulti
-		}
-	case TenancySingle, TenancyMulti, TenancyNone:
-	default:
-		tokenError(w, "invalid_request", "tenancy must be single-tenant, multi-tenant or none")
+	spec, err := s.specFromForm(f, jkt)
+	if err != nil {
+		tokenError(w, "invalid_request", err.Error())
 		return
 	}
+	tok, err := s.Mint(spec)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	scopes := spec.Scopes
+	if scopes == nil {
+		scopes = []string{DefaultScope}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": tok,
+		"token_type":   "DPoP",
+		"expires_in":   int64(DefaultLifetime / time.Second),
+		"scope":        strings.Join(scopes, " "),
+	})
+}
 
+// specFromForm reads the token request's form into a TokenSpec bound to
+// jkt. Its errors are the description of an invalid_request.
+func (s *Server) specFromForm(f url.Values, jkt string) (TokenSpec, error) {
+	tenancy, err := tenancyFromForm(f)
+	if err != nil {
+		return TokenSpec{}, err
+	}
 	spec := TokenSpec{
 		Audience:    f["resource"],
 		Scopes:      strings.Fields(f.Get("scope")),
@@ -96,25 +113,25 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		spec.Subject = orDefault(f.Get(FormSubject), s.pseudonym(orDefault(spec.ClientID, DefaultClientID), spec.PID))
 	}
 	if spec.Attest, err = attestFromForm(f, s.now()); err != nil {
-		tokenError(w, "invalid_request", err.Error())
-		return
+		return TokenSpec{}, err
 	}
-	scopes := spec.Scopes
-	if scopes == nil {
-		scopes = []string{DefaultScope}
-	}
+	return spec, nil
+}
 
-	tok, err := s.Mint(spec)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+// tenancyFromForm gives the tenancy field, or when it is empty the one
+// HelseID would give: multi-tenant when a supplier is named.
+func tenancyFromForm(f url.Values) (string, error) {
+	switch tenancy := f.Get(FormTenancy); tenancy {
+	case "":
+		if f.Get(FormOrgSupplier) != "" {
+			return TenancyMulti, nil
+		}
+		return TenancySingle, nil
+	case TenancySingle, TenancyMulti, TenancyNone:
+		return tenancy, nil
+	default:
+		return "", errors.New("tenancy must be single-tenant, multi-tenant or none")
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"access_token": tok,
-		"token_type":   "DPoP",
-		"expires_in":   int64(DefaultLifetime / time.Second),
-		"scope":        strings.Join(scopes, " "),
-	})
 }
 
 func tokenError(w http.ResponseWriter, code, desc string) {

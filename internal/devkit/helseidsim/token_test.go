@@ -15,10 +15,7 @@ import (
 
 func TestTokenEndpointBindsJKT(t *testing.T) {
 	s := start(t, helseidsim.Options{})
-	key, err := dpopclient.NewKey("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t, "ES256")
 	tok, err := key.FetchToken(context.Background(), s.TokenEndpoint(), url.Values{
 		"client_id":    {"my-client"},
 		"scope":        {"nhn:kjernejournal/api openid"},
@@ -56,10 +53,7 @@ func TestTokenEndpointBindsJKT(t *testing.T) {
 
 func TestTokenEndpointTenancy(t *testing.T) {
 	s := start(t, helseidsim.Options{})
-	key, err := dpopclient.NewKey("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t, "ES256")
 	for _, tc := range []struct {
 		name string
 		form url.Values
@@ -79,7 +73,7 @@ func TestTokenEndpointTenancy(t *testing.T) {
 			}
 		})
 	}
-	_, err = key.FetchToken(context.Background(), s.TokenEndpoint(), url.Values{"tenancy": {"dual-tenant"}})
+	_, err := key.FetchToken(context.Background(), s.TokenEndpoint(), url.Values{"tenancy": {"dual-tenant"}})
 	var te *dpopclient.TokenError
 	if !errors.As(err, &te) || te.Code != "invalid_request" {
 		t.Errorf("unknown tenancy: err = %v, want invalid_request", err)
@@ -88,10 +82,7 @@ func TestTokenEndpointTenancy(t *testing.T) {
 
 func TestTokenEndpointUserToken(t *testing.T) {
 	s := start(t, helseidsim.Options{})
-	key, err := dpopclient.NewKey("PS256")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t, "PS256")
 	tok, err := key.FetchToken(context.Background(), s.TokenEndpoint(), url.Values{
 		"user": {"true"}, "pid": {"17056600574"}, "security_level": {"3"}, "hpr_number": {"431001110"},
 	})
@@ -141,10 +132,7 @@ func TestTokenEndpointUserToken(t *testing.T) {
 
 func TestTokenEndpointUserDefaults(t *testing.T) {
 	s := start(t, helseidsim.Options{})
-	key, err := dpopclient.NewKey("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t, "ES256")
 	for _, tc := range []struct {
 		name string
 		form url.Values
@@ -195,10 +183,7 @@ func TestTokenEndpointResponse(t *testing.T) {
 func TestTokenEndpointRejects(t *testing.T) {
 	now := time.Now()
 	s := start(t, helseidsim.Options{Clock: func() time.Time { return now }})
-	key, err := dpopclient.NewKey("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t, "ES256")
 	ep := s.TokenEndpoint()
 	proof := func(method, htu string, o dpopclient.ProofOptions) string {
 		p, err := key.Proof(method, htu, "", o)

@@ -141,8 +141,7 @@ type key struct{ service, org string }
 type Server struct {
 	url   string
 	token string
-	srv   *http.Server
-	done  chan struct{}
+	srv   *loopback.Server
 
 	calls atomic.Int64
 	held  atomic.Int64
@@ -160,7 +159,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{token: opts.Token, members: map[key]authz.Authorization{}, done: make(chan struct{}), changed: make(chan struct{})}
+	s := &Server{token: opts.Token, members: map[key]authz.Authorization{}, changed: make(chan struct{})}
 	if opts.MembersFile != "" {
 		doc, err := ReadDocument(opts.MembersFile)
 		if err != nil {
@@ -188,11 +187,7 @@ func Start(opts Options) (*Server, error) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such route (contract v1: " + LookupPattern + ")"})
 	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln)
-	}()
+	s.srv = loopback.Serve(ln, mux)
 	return s, nil
 }
 
@@ -202,14 +197,7 @@ func (s *Server) URL() string { return s.url }
 
 // Close stops the listener, drops every connection (slow answers in flight
 // end) and waits for the serve loop to end.
-func (s *Server) Close() error {
-	err := s.srv.Close()
-	<-s.done
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // Set adds or replaces the authorization of a.Organization for a.Service.
 func (s *Server) Set(a authz.Authorization) {
