@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 	"github.com/helsegate/helsegate/internal/devkit/registrysim"
 )
@@ -124,17 +125,17 @@ func runBench(ctx context.Context, o options) (err error) {
 		Upstream: upAddr, Issuer: sim.Issuer(), Registry: reg.URL(), RegistryToken: registryToken,
 		RedisAddr: b.redis.addr,
 	}
-	if cfg.Admin, err = freeAddr(); err != nil {
+	if cfg.Admin, err = gatewayproc.FreeAddr(); err != nil {
 		return err
 	}
-	if cfg.Plain, err = freeAddr(); err != nil {
+	if cfg.Plain, err = gatewayproc.FreeAddr(); err != nil {
 		return err
 	}
 	b.plain = cfg.Plain
 	addrs := []string{cfg.Plain}
 	var scenarios []*scenario
 	for _, c := range o.configs {
-		site, err := freeAddr()
+		site, err := gatewayproc.FreeAddr()
 		if err != nil {
 			return err
 		}
@@ -168,7 +169,7 @@ func runBench(ctx context.Context, o options) (err error) {
 	if b.gw, err = startGateway(ctx, launch{}, bin, dir, renderCaddyfile(cfg), cfg.Admin, cfg.LogPath, addrs); err != nil {
 		return err
 	}
-	defer b.gw.stop()
+	defer b.gw.Stop()
 
 	fmt.Println("per run: CPU = the helsegate process; hgbench = this process (load generator and upstream); others = the rest of the machine, Redis included")
 	var rows []summary

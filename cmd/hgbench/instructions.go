@@ -107,11 +107,11 @@ func (b *bench) instructions(ctx context.Context, bin, dir string, cfg gatewayCo
 		b.gw = gw
 		for i, s := range scenarios {
 			if err := b.syscalls(ctx, dir, s, &rows[i]); err != nil {
-				gw.stop()
+				gw.Stop()
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
 		}
-		gw.stop()
+		gw.Stop()
 	}
 
 	// Instructions, with the gateway under callgrind.
@@ -127,8 +127,8 @@ func (b *bench) instructions(ctx context.Context, bin, dir string, cfg gatewayCo
 		return err
 	}
 	b.gw = gw
-	defer gw.stop()
-	cg := &callgrind{pid: gw.pid(), out: out}
+	defer gw.Stop()
+	cg := &callgrind{pid: gw.Pid(), out: out}
 	for i, s := range scenarios {
 		if err := b.countInstructions(ctx, cg, s, &rows[i]); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -178,7 +178,7 @@ func (b *bench) warm(ctx context.Context, s *scenario, addr string, n int) error
 			return nil
 		}
 	}
-	return fmt.Errorf("warm-up: %s; last: %s (gateway log: %s)", last.describeErrors(), last.sample, b.gw.logPath)
+	return fmt.Errorf("warm-up: %s; last: %s (gateway log: %s)", last.describeErrors(), last.sample, b.gw.LogPath())
 }
 
 // window sends exactly n requests of s to addr between around() calls: on
@@ -319,7 +319,7 @@ func (b *bench) syscalls(ctx context.Context, dir string, s *scenario, row *inst
 		total      *float64
 		calls      *map[string]float64
 	}{{"plain", b.plain, &row.plainSys, &row.plainCalls}, {"gateway", s.site, &row.gwSys, &row.gwCalls}} {
-		st := &straceRun{pid: b.gw.pid(), out: filepath.Join(dir, "strace-"+strings.ToLower(s.alg)+"-"+site.kind+".txt")}
+		st := &straceRun{pid: b.gw.Pid(), out: filepath.Join(dir, "strace-"+strings.ToLower(s.alg)+"-"+site.kind+".txt")}
 		if _, err := b.window(ctx, s, site.addr, n, st.start, nil, st.stop); err != nil {
 			return fmt.Errorf("%s under strace: %w", site.kind, err)
 		}

@@ -30,7 +30,7 @@ func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
 		return summary{}, err
 	}
 	if r.errors() > 0 {
-		return summary{}, fmt.Errorf("warm-up: %s; first: %s (gateway log: %s)", r.describeErrors(), r.sample, b.gw.logPath)
+		return summary{}, fmt.Errorf("warm-up: %s; first: %s (gateway log: %s)", r.describeErrors(), r.sample, b.gw.LogPath())
 	}
 
 	// Size the runs: a short untimed run on each site.
