@@ -105,21 +105,8 @@ func parseStraceSummary(path string) (map[string]int, error) {
 // formatCalls lists the system calls of a window per request, the most
 // frequent first, e.g. "write 2.00, read 1.27".
 func formatCalls(per map[string]float64) string {
-	names := make([]string, 0, len(per))
-	for n := range per {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b string) int {
-		if per[a] != per[b] {
-			if per[a] > per[b] {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a, b)
-	})
 	var parts []string
-	for _, n := range names {
+	for _, n := range largestFirst(per) {
 		if per[n] >= 0.005 {
 			parts = append(parts, fmt.Sprintf("%s %.2f", n, per[n]))
 		}
@@ -148,23 +135,30 @@ func addedCalls(plain, gw map[string]float64) string {
 	return s
 }
 
+// formatCallsSigned lists signed differences per system call, largest
+// first, e.g. "write +1.00, read -0.10".
 func formatCallsSigned(d map[string]float64) string {
-	names := make([]string, 0, len(d))
-	for n := range d {
+	var parts []string
+	for _, n := range largestFirst(d) {
+		parts = append(parts, fmt.Sprintf("%s %+.2f", n, d[n]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// largestFirst is the names of m by value, largest first, ties by name.
+func largestFirst(m map[string]float64) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, func(a, b string) int {
-		if d[a] != d[b] {
-			if d[a] > d[b] {
+		if m[a] != m[b] {
+			if m[a] > m[b] {
 				return -1
 			}
 			return 1
 		}
 		return strings.Compare(a, b)
 	})
-	var parts []string
-	for _, n := range names {
-		parts = append(parts, fmt.Sprintf("%s %+.2f", n, d[n]))
-	}
-	return strings.Join(parts, ", ")
+	return names
 }
