@@ -5,6 +5,10 @@
 // new configs through the admin endpoint, reads the process's log, and stops
 // it, gracefully first. What a caller measures or renders beyond that (CPU
 // samples, profiles, the sites of its Caddyfile) stays with the caller.
+//
+// It runs the built binary rather than Caddy in-process (caddytest.Tester),
+// so that the tests and tools see what a deployment runs: the process with
+// its command line, environment, logs, CPU time and exit.
 package gatewayproc
 
 import (

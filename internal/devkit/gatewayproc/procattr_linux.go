@@ -7,6 +7,9 @@ import (
 
 // setProcAttr makes the kernel send the process SIGKILL when its parent
 // dies (Pdeathsig), and with ownGroup starts it in a group of its own.
+// Pdeathsig fires when the thread that started the process exits; the Go
+// runtime ends a thread only when a goroutine locked to it returns without
+// unlocking, which no caller does.
 func setProcAttr(cmd *exec.Cmd, ownGroup bool) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: ownGroup, Pdeathsig: syscall.SIGKILL}
 }
