@@ -71,15 +71,7 @@ func runBench(ctx context.Context, o options) (err error) {
 		return err
 	}
 	gatewayTried := false
-	defer func() {
-		switch {
-		case o.keep:
-		case gatewayTried && err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errFlagged):
-			fmt.Fprintf(os.Stderr, "hgbench: Caddyfile and logs kept in %s\n", dir)
-		default:
-			os.RemoveAll(dir)
-		}
-	}()
+	defer func() { cleanDir(dir, o.keep, gatewayTried, err) }()
 	bin, err := absBin(o.bin)
 	if err != nil {
 		return err
@@ -106,6 +98,19 @@ func runBench(ctx context.Context, o options) (err error) {
 		return b.instructions(ctx, bin, dir, cfg, scenarios)
 	}
 	return b.cpuTime(ctx, began, bin, dir, cfg, scenarios)
+}
+
+// cleanDir removes the run directory, unless -keep, or a gateway was tried
+// and the run failed (not by SIGINT, not a flagged report): then its
+// Caddyfile and logs are what explains the failure.
+func cleanDir(dir string, keep, gatewayTried bool, err error) {
+	switch {
+	case keep:
+	case gatewayTried && err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errFlagged):
+		fmt.Fprintf(os.Stderr, "hgbench: Caddyfile and logs kept in %s\n", dir)
+	default:
+		os.RemoveAll(dir)
+	}
 }
 
 // absBin is the helsegate binary's absolute path, once it is there.

@@ -145,8 +145,6 @@ func (l load) run(ctx context.Context) (result, error) {
 		return result{}, err
 	}
 
-	st := &runState{status: make([]int16, l.n), lat: make([]time.Duration, l.n)}
-	stopAt := time.Now().Add(l.deadline)
 	// On SIGINT (ctx done) the blocked reads end at once.
 	stopWatch := context.AfterFunc(ctx, func() {
 		for _, c := range conns {
@@ -154,17 +152,9 @@ func (l load) run(ctx context.Context) (result, error) {
 		}
 	})
 	defer stopWatch()
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, c := range conns {
-		wg.Go(func() {
-			<-start
-			if !st.abort.Load() {
-				l.work(ctx, c, st, stopAt)
-			}
-		})
-	}
-	elapsed, cpu, err := l.release(start, &wg, st)
+	st := &runState{status: make([]int16, l.n), lat: make([]time.Duration, l.n)}
+	start, wg := l.workers(ctx, conns, st)
+	elapsed, cpu, err := l.release(start, wg, st)
 	if err != nil {
 		return result{}, err
 	}
@@ -187,6 +177,22 @@ func (l load) dialAll() ([]*conn, error) {
 		conns = append(conns, c)
 	}
 	return conns, nil
+}
+
+// workers starts a worker per connection, each waiting for start to be
+// closed; wg ends when all have.
+func (l load) workers(ctx context.Context, conns []*conn, st *runState) (start chan struct{}, wg *sync.WaitGroup) {
+	start, wg = make(chan struct{}), &sync.WaitGroup{}
+	stopAt := time.Now().Add(l.deadline)
+	for _, c := range conns {
+		wg.Go(func() {
+			<-start
+			if !st.abort.Load() {
+				l.work(ctx, c, st, stopAt)
+			}
+		})
+	}
+	return start, wg
 }
 
 // runState is what the workers of one run share.

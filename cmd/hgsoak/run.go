@@ -47,15 +47,21 @@ func run(ctx context.Context, o options, steps []step) int {
 		return 2
 	}
 	v := res.report(os.Stdout, o.duration, d.skipped.Load(), rg.reps)
-	if len(v.wrong) == 0 && !o.keep && !res.interrupted {
+	return finish(dir, o.keep, res.interrupted, len(v.wrong))
+}
+
+// finish removes the run directory unless it is to be kept (-keep, an
+// interrupted run, wrong 200s) and returns the exit status.
+func finish(dir string, keep, interrupted bool, wrong int) int {
+	if wrong == 0 && !keep && !interrupted {
 		_ = os.RemoveAll(dir)
 	} else {
 		fmt.Fprintf(os.Stderr, "run directory kept: %s\n", dir)
 	}
 	switch {
-	case res.interrupted:
+	case interrupted:
 		return 2
-	case len(v.wrong) > 0:
+	case wrong > 0:
 		return 1
 	}
 	return 0
