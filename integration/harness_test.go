@@ -1,14 +1,10 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
@@ -103,14 +100,10 @@ func randHex(n int) string {
 
 // gateway is one running `helsegate run` process.
 type gateway struct {
+	proc    *gatewayproc.Process
 	admin   string   // admin host:port
 	addrs   []string // host:port of each site, in order
-	dir     string
-	cfgPath string
-	errPath string // the process's stderr (JSON logs)
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error
+	errPath string   // the process's stderr (JSON logs)
 }
 
 // siteFunc renders the site blocks of a Caddyfile for the gateway's site addresses.
@@ -141,6 +134,9 @@ func (g *gateway) url(i int, path string) string {
 	return "http://" + g.addrs[i] + path
 }
 
+// gatewayReady bounds a gateway's start.
+const gatewayReady = 15 * time.Second
+
 // launchGateway writes the Caddyfile and starts the binary on it, waiting
 // until the admin endpoint answers and every site accepts connections.
 func launchGateway(nSites int, sites siteFunc) (*gateway, error) {
@@ -148,47 +144,27 @@ func launchGateway(nSites int, sites siteFunc) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &gateway{dir: dir, exited: make(chan struct{})}
-	g.admin = mustFreePort()
+	g := &gateway{admin: mustFreePort(), errPath: filepath.Join(dir, "stderr.log")}
 	for range nSites {
 		g.addrs = append(g.addrs, mustFreePort())
 	}
-	g.cfgPath = filepath.Join(dir, "Caddyfile")
-	g.errPath = filepath.Join(dir, "stderr.log")
-	if err := os.WriteFile(g.cfgPath, []byte(g.caddyfile(sites)), 0o600); err != nil {
-		return nil, err
-	}
-	errFile, err := os.Create(g.errPath)
+	cfg := g.caddyfile(sites)
+	g.proc, err = gatewayproc.Start(context.Background(), gatewayproc.Options{
+		Name: "gateway", Bin: binPath, Dir: dir, Caddyfile: cfg, OutPath: g.errPath,
+		Admin: g.admin, Addrs: g.addrs, ReadyTimeout: gatewayReady,
+	})
 	if err != nil {
-		return nil, err
-	}
-	defer errFile.Close()
-	g.cmd = exec.Command(binPath, "run", "--config", g.cfgPath, "--adapter", "caddyfile")
-	g.cmd.Dir = dir
-	g.cmd.Stdout = errFile
-	g.cmd.Stderr = errFile
-	g.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	if err := g.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() {
-		g.waitErr = g.cmd.Wait()
-		close(g.exited)
-	}()
-	if err := g.waitReady(15 * time.Second); err != nil {
-		g.stop()
-		return nil, fmt.Errorf("%w\n--- Caddyfile ---\n%s\n--- gateway log ---\n%s", err, g.caddyfile(sites), g.logTail(60))
+		return nil, fmt.Errorf("%w\n--- Caddyfile ---\n%s", err, cfg)
 	}
 	return g, nil
 }
 
 func mustFreePort() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := gatewayproc.FreeAddr()
 	if err != nil {
 		panic(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // startGateway is launchGateway for one test: it fails the test when the
@@ -214,87 +190,14 @@ func (g *gateway) logOnFailure(t *testing.T) {
 	})
 }
 
-func (g *gateway) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	for {
-		select {
-		case <-g.exited:
-			return fmt.Errorf("gateway exited during start: %v", g.waitErr)
-		default:
-		}
-		if err := g.probe(c); err == nil {
-			return nil
-		} else if time.Now().After(deadline) {
-			return fmt.Errorf("gateway not ready after %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (g *gateway) probe(c *http.Client) error {
-	resp, err := c.Get("http://" + g.admin + "/config/")
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin /config/: %s", resp.Status)
-	}
-	for _, a := range g.addrs {
-		conn, err := net.DialTimeout("tcp", a, time.Second)
-		if err != nil {
-			return err
-		}
-		conn.Close()
-	}
-	return nil
-}
-
-// stop kills the process and waits for it.
-func (g *gateway) stop() {
-	select {
-	case <-g.exited:
-		return
-	default:
-	}
-	_ = g.cmd.Process.Kill()
-	select {
-	case <-g.exited:
-	case <-time.After(10 * time.Second):
-	}
-}
+// stop stops the process (gracefully, then by force) and waits for it.
+func (g *gateway) stop() { g.proc.Stop() }
 
 // logTail returns the last n lines of the gateway's stderr.
-func (g *gateway) logTail(n int) string {
-	b, err := os.ReadFile(g.errPath)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (g *gateway) logTail(n int) string { return g.proc.LogTail(n) }
 
 // logEntries returns every JSON log entry written so far.
-func (g *gateway) logEntries() []map[string]any {
-	b, err := os.ReadFile(g.errPath)
-	if err != nil {
-		return nil
-	}
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var e map[string]any
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
-			out = append(out, e)
-		}
-	}
-	return out
-}
+func (g *gateway) logEntries() []map[string]any { return g.proc.LogEntries() }
 
 // lastAudit returns the last entry of the audit logger.
 func (g *gateway) lastAudit() map[string]any {
@@ -325,23 +228,7 @@ func (g *gateway) expectReason(t *testing.T, decision, reason string) {
 var adminClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // load replaces the running config with a Caddyfile through POST /load.
-func (g *gateway) load(caddyfile string) error {
-	req, err := http.NewRequest(http.MethodPost, "http://"+g.admin+"/load", strings.NewReader(caddyfile))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("POST /load: %s: %s", resp.Status, body)
-	}
-	return nil
-}
+func (g *gateway) load(caddyfile string) error { return g.proc.Load(caddyfile) }
 
 // ---------------------------------------------------------------------------
 // The shared gateway: one process for the tests that only read

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // productionVars are the variables Caddyfile.production takes from the
@@ -254,29 +256,18 @@ func getConfig(t *testing.T, admin string) []byte {
 // its admin endpoint answers and its site accepts connections.
 func startProcess(t *testing.T, dir string, env []string, admin, site string, args ...string) *gateway {
 	t.Helper()
-	g := &gateway{dir: dir, admin: admin, addrs: []string{site}, exited: make(chan struct{}),
+	g := &gateway{admin: admin, addrs: []string{site},
 		errPath: filepath.Join(dir, "stderr-"+strings.ReplaceAll(admin, ":", "_")+".log")}
-	errFile, err := os.Create(g.errPath)
+	var err error
+	g.proc, err = gatewayproc.Start(context.Background(), gatewayproc.Options{
+		Name: "gateway", Bin: binPath, Args: args, Dir: dir, Environ: env, OutPath: g.errPath,
+		Admin: admin, Addrs: g.addrs, ReadyTimeout: gatewayReady,
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("gateway: %v", err)
 	}
-	defer errFile.Close()
-	g.cmd = exec.Command(binPath, args...)
-	g.cmd.Dir = dir
-	g.cmd.Env = env
-	g.cmd.Stdout, g.cmd.Stderr = errFile, errFile
-	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		g.waitErr = g.cmd.Wait()
-		close(g.exited)
-	}()
 	t.Cleanup(g.stop)
 	g.logOnFailure(t)
-	if err := g.waitReady(15 * time.Second); err != nil {
-		t.Fatalf("gateway: %v\n%s", err, g.logTail(40))
-	}
 	return g
 }
 

@@ -46,11 +46,11 @@ func TestCleanStopIsQuiet(t *testing.T) {
 	}
 
 	before := len(g.logEntries())
-	if err := g.cmd.Process.Signal(os.Interrupt); err != nil {
+	if err := g.proc.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-g.exited:
+	case <-g.proc.Exited():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the gateway did not stop within 10 s of SIGINT")
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // Values the generated gateway config and the load generator share.
@@ -53,30 +55,13 @@ type gatewaySite struct {
 // the same request bytes go to the plain site and the gateway sites.
 func renderCaddyfile(c gatewayConfig) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `{
-	admin %s
-	auto_https off
-	default_bind 127.0.0.1
-	persist_config off
-	log default {
-		output file %s
-		format json
-		level INFO
-		exclude http.handlers.helseid.audit
-	}
-	log audit {
-		output file %s
-		format json
-		level INFO
-		include http.handlers.helseid.audit
-	}
-}
-
+	b.WriteString(gatewayproc.GlobalOptions(c.Admin, c.LogPath, c.AuditPath))
+	fmt.Fprintf(&b, `
 # (a) plain reverse_proxy: the baseline.
 http://:%s {
 	reverse_proxy %s
 }
-`, c.Admin, c.LogPath, c.AuditPath, port(c.Plain), c.Upstream)
+`, port(c.Plain), c.Upstream)
 	for _, g := range c.Gateways {
 		fmt.Fprintf(&b, `
 # gateway, dpop %s: warm membership, replay store in real Redis.

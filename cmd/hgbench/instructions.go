@@ -1,19 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -70,7 +64,7 @@ var gatewayEnv = []string{"GOMAXPROCS=1"}
 var callgrindEnv = append([]string{"GODEBUG=asyncpreemptoff=1"}, gatewayEnv...)
 
 // instructions runs the instructions mode and prints its report.
-func (b *bench) instructions(ctx context.Context, bin, dir string, cfg gatewayConfig, addrs []string, scenarios []*scenario) error {
+func (b *bench) instructions(ctx context.Context, bin, dir string, cfg gatewayConfig, scenarios []*scenario) error {
 	for _, tool := range []string{"valgrind", "callgrind_control"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("-instructions needs %s (apt-get install valgrind)", tool)
@@ -81,9 +75,31 @@ func (b *bench) instructions(ctx context.Context, bin, dir string, cfg gatewayCo
 	for i, s := range scenarios {
 		rows[i] = instrRow{name: s.name, plainSys: -1, gwSys: -1}
 	}
-	caddyfile := renderCaddyfile(cfg)
+	if err := floors(ctx, dir, scenarios, rows); err != nil {
+		return err
+	}
+	if err := b.countSyscalls(ctx, bin, dir, cfg, scenarios, rows); err != nil {
+		return err
+	}
+	out := filepath.Join(dir, "callgrind.out")
+	if err := b.countAllInstructions(ctx, bin, dir, out, cfg, scenarios, rows); err != nil {
+		return err
+	}
 
-	// The verify floors, one callgrind child per algorithm.
+	fmt.Println()
+	fmt.Printf("hgbench: measured in %s\n", time.Since(began).Round(time.Second))
+	fmt.Println(instrMachineLine(b.redis, b.o))
+	if writeInstrReport(os.Stdout, rows) {
+		return errFlagged
+	}
+	if b.o.keep {
+		fmt.Printf("callgrind dumps of every window (plain, then gateway, per configuration): %s.*\n", out)
+	}
+	return nil
+}
+
+// floors counts the verify floors, one callgrind child per algorithm.
+func floors(ctx context.Context, dir string, scenarios []*scenario, rows []instrRow) error {
 	for i, s := range scenarios {
 		if s.alg == "" {
 			continue
@@ -95,54 +111,51 @@ func (b *bench) instructions(ctx context.Context, bin, dir string, cfg gatewayCo
 		rows[i].floorIr = ir
 		fmt.Printf("verify floor %s: %.0f instructions (jws.NewVerifier(%s).Verify under callgrind)\n", s.alg, ir, s.alg)
 	}
+	return nil
+}
 
-	// System calls, with the gateway run directly.
+// countSyscalls counts the system calls of every configuration, with the
+// gateway run directly; it says so and does nothing without strace or with
+// -no-strace.
+func (b *bench) countSyscalls(ctx context.Context, bin, dir string, cfg gatewayConfig, scenarios []*scenario, rows []instrRow) error {
 	if _, err := exec.LookPath("strace"); err != nil || b.o.noStrace {
 		fmt.Println("system calls: not counted (strace not installed, or -no-strace)")
-	} else {
-		gw, err := startGateway(ctx, launch{env: gatewayEnv}, bin, dir, caddyfile, cfg.Admin, cfg.LogPath, addrs)
-		if err != nil {
-			return err
-		}
-		b.gw = gw
-		for i, s := range scenarios {
-			if err := b.syscalls(ctx, dir, s, &rows[i]); err != nil {
-				gw.stop()
-				return fmt.Errorf("%s: %w", s.name, err)
-			}
-		}
-		gw.stop()
+		return nil
 	}
+	gw, err := startGateway(ctx, launch{env: gatewayEnv}, bin, dir, renderCaddyfile(cfg), cfg.Admin, cfg.LogPath, cfg.addrs())
+	if err != nil {
+		return err
+	}
+	defer gw.Stop()
+	b.gw = gw
+	for i, s := range scenarios {
+		if err := b.syscalls(ctx, dir, s, &rows[i]); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
 
-	// Instructions, with the gateway under callgrind.
-	out := filepath.Join(dir, "callgrind.out")
+// countAllInstructions counts the instructions of every configuration, with
+// the gateway under callgrind writing its dumps to out.*.
+func (b *bench) countAllInstructions(ctx context.Context, bin, dir, out string, cfg gatewayConfig, scenarios []*scenario, rows []instrRow) error {
 	l := launch{
 		wrapper: []string{"valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out},
 		env:     callgrindEnv,
 		ready:   3 * time.Minute,
 	}
 	fmt.Fprintf(os.Stderr, "hgbench: starting %s under callgrind (run directory %s)\n", b.o.bin, dir)
-	gw, err := startGateway(ctx, l, bin, dir, caddyfile, cfg.Admin, cfg.LogPath, addrs)
+	gw, err := startGateway(ctx, l, bin, dir, renderCaddyfile(cfg), cfg.Admin, cfg.LogPath, cfg.addrs())
 	if err != nil {
 		return err
 	}
 	b.gw = gw
-	defer gw.stop()
-	cg := &callgrind{pid: gw.pid(), out: out}
+	defer gw.Stop()
+	cg := &callgrind{pid: gw.Pid(), out: out}
 	for i, s := range scenarios {
 		if err := b.countInstructions(ctx, cg, s, &rows[i]); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
-	}
-
-	fmt.Println()
-	fmt.Printf("hgbench: measured in %s\n", time.Since(began).Round(time.Second))
-	fmt.Println(instrMachineLine(b.redis, b.o))
-	if writeInstrReport(os.Stdout, rows) {
-		return errFlagged
-	}
-	if b.o.keep {
-		fmt.Printf("callgrind dumps of every window (plain, then gateway, per configuration): %s.*\n", out)
 	}
 	return nil
 }
@@ -178,7 +191,7 @@ func (b *bench) warm(ctx context.Context, s *scenario, addr string, n int) error
 			return nil
 		}
 	}
-	return fmt.Errorf("warm-up: %s; last: %s (gateway log: %s)", last.describeErrors(), last.sample, b.gw.logPath)
+	return fmt.Errorf("warm-up: %s; last: %s (gateway log: %s)", last.describeErrors(), last.sample, b.gw.LogPath())
 }
 
 // window sends exactly n requests of s to addr between around() calls: on
@@ -243,52 +256,9 @@ func (b *bench) countInstructions(ctx context.Context, cg *callgrind, s *scenari
 		kind, addr string
 		ir         *float64
 	}{{"plain", b.plain, &row.plainIr}, {"gateway", s.site, &row.gatewayIr}} {
-		keys0, err := b.replayKeys(ctx, s)
+		keys0, total, err := b.countWindow(ctx, cg, s, site.kind, site.addr, n)
 		if err != nil {
 			return err
-		}
-		var total int64
-		for attempt := 1; ; attempt++ {
-			// The first requests after instrumentation is switched on
-			// run while valgrind translates the code again, instrumented,
-			// and the slowest of them miss the replay store's deadline:
-			// they are sent, counted and dropped, before the window.
-			settle := func() error {
-				reqs, err := s.requests(ctx, instrSettle)
-				if err != nil {
-					return err
-				}
-				// Their answers do not matter (a 503 among them is why).
-				if _, err := (load{addr: site.addr, reqs: reqs, n: instrSettle, conns: b.o.instrConns, deadline: 10 * time.Minute}).run(ctx); err != nil {
-					return err
-				}
-				// A collection now, so that every window starts right after
-				// one: the cycles that fall in a window (a few million
-				// instructions each) are then the same from run to run.
-				if err := b.gw.collect(ctx); err != nil {
-					return err
-				}
-				_, err = cg.dump(s.name + " " + site.kind + " settle")
-				return err
-			}
-			_, werr := b.window(ctx, s, site.addr, n, cg.on, settle, cg.off)
-			if total, err = cg.dump(s.name + " " + site.kind); err != nil {
-				return err
-			}
-			if werr == nil {
-				break
-			}
-			// Under callgrind the gateway runs ~50 times slower, and a
-			// request can now and then miss the replay store's 250 ms
-			// deadline (503): that window's count is of other work, so
-			// it is done again.
-			if attempt == instrAttempts || ctx.Err() != nil {
-				return fmt.Errorf("%s: %w", site.kind, werr)
-			}
-			fmt.Printf("    %s %s window again: %v\n", s.name, site.kind, werr)
-			if keys0, err = b.replayKeys(ctx, s); err != nil {
-				return err
-			}
 		}
 		*site.ir = float64(total) / float64(n)
 		keys1, err := b.replayKeys(ctx, s)
@@ -306,6 +276,58 @@ func (b *bench) countInstructions(ctx context.Context, cg *callgrind, s *scenari
 	return nil
 }
 
+// countWindow counts the instructions of a window of n requests of s to
+// addr (kind names the site). Under callgrind the gateway runs ~50 times
+// slower, and a request can now and then miss the replay store's 250 ms
+// deadline (503): that window's count is of other work, so it is done
+// again. It returns the count of replay keys before the window that
+// counted, and the window's total.
+func (b *bench) countWindow(ctx context.Context, cg *callgrind, s *scenario, kind, addr string, n int) (keys0 int, total int64, err error) {
+	if keys0, err = b.replayKeys(ctx, s); err != nil {
+		return 0, 0, err
+	}
+	settle := func() error { return b.settle(ctx, cg, s, kind, addr) }
+	for attempt := 1; ; attempt++ {
+		_, werr := b.window(ctx, s, addr, n, cg.on, settle, cg.off)
+		if total, err = cg.dump(s.name + " " + kind); err != nil {
+			return 0, 0, err
+		}
+		if werr == nil {
+			return keys0, total, nil
+		}
+		if attempt == instrAttempts || ctx.Err() != nil {
+			return 0, 0, fmt.Errorf("%s: %w", kind, werr)
+		}
+		fmt.Printf("    %s %s window again: %v\n", s.name, kind, werr)
+		if keys0, err = b.replayKeys(ctx, s); err != nil {
+			return 0, 0, err
+		}
+	}
+}
+
+// settle runs with instrumentation on, before a window's own requests. The
+// first requests after instrumentation is switched on run while valgrind
+// translates the code again, instrumented, and the slowest of them miss the
+// replay store's deadline: instrSettle requests are sent, counted and
+// dropped (their answers do not matter: a 503 among them is why). Then a
+// collection, so that every window starts right after one: the cycles that
+// fall in a window (a few million instructions each) are then the same
+// from run to run.
+func (b *bench) settle(ctx context.Context, cg *callgrind, s *scenario, kind, addr string) error {
+	reqs, err := s.requests(ctx, instrSettle)
+	if err != nil {
+		return err
+	}
+	if _, err := (load{addr: addr, reqs: reqs, n: instrSettle, conns: b.o.instrConns, deadline: 10 * time.Minute}).run(ctx); err != nil {
+		return err
+	}
+	if err := b.gw.collect(ctx); err != nil {
+		return err
+	}
+	_, err = cg.dump(s.name + " " + kind + " settle")
+	return err
+}
+
 // syscalls fills the system call counts of one configuration.
 func (b *bench) syscalls(ctx context.Context, dir string, s *scenario, row *instrRow) error {
 	n := b.o.instrRequests
@@ -319,7 +341,7 @@ func (b *bench) syscalls(ctx context.Context, dir string, s *scenario, row *inst
 		total      *float64
 		calls      *map[string]float64
 	}{{"plain", b.plain, &row.plainSys, &row.plainCalls}, {"gateway", s.site, &row.gwSys, &row.gwCalls}} {
-		st := &straceRun{pid: b.gw.pid(), out: filepath.Join(dir, "strace-"+strings.ToLower(s.alg)+"-"+site.kind+".txt")}
+		st := &straceRun{pid: b.gw.Pid(), out: filepath.Join(dir, "strace-"+strings.ToLower(s.alg)+"-"+site.kind+".txt")}
 		if _, err := b.window(ctx, s, site.addr, n, st.start, nil, st.stop); err != nil {
 			return fmt.Errorf("%s under strace: %w", site.kind, err)
 		}
@@ -335,316 +357,6 @@ func (b *bench) syscalls(ctx context.Context, dir string, s *scenario, row *inst
 		}
 		*site.total, *site.calls = float64(sum)/float64(n), per
 		fmt.Printf("%-40s %-7s %6d requests   %6d system calls   %5.2f per request   %s\n", s.name, site.kind, n, sum, *site.total, formatCalls(per))
-	}
-	return nil
-}
-
-// callgrind drives the gateway's callgrind through callgrind_control.
-type callgrind struct {
-	pid int
-	out string // --callgrind-out-file
-}
-
-func (c *callgrind) control(args ...string) error {
-	cmd := exec.Command("callgrind_control", append(args, strconv.Itoa(c.pid))...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("callgrind_control %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	if !strings.Contains(string(out), "OK") {
-		return fmt.Errorf("callgrind_control %s: %s", strings.Join(args, " "), out)
-	}
-	return nil
-}
-
-func (c *callgrind) on() error  { return c.control("-i", "on") }
-func (c *callgrind) off() error { return c.control("-i", "off") }
-
-// dump writes the counts since the last dump and returns their total.
-// callgrind numbers its dumps itself (out.1, out.2, …); the new file is
-// the one that was not there before.
-func (c *callgrind) dump(label string) (int64, error) {
-	before, _ := filepath.Glob(c.out + ".*")
-	// callgrind takes the label up to the first space or parenthesis.
-	label = strings.Map(func(r rune) rune {
-		if r == ' ' || r == '(' || r == ')' || r == ',' {
-			return '-'
-		}
-		return r
-	}, label)
-	if err := c.control("-d", label); err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		after, _ := filepath.Glob(c.out + ".*")
-		for _, f := range after {
-			if !slices.Contains(before, f) {
-				// callgrind_control answers once the dump is written.
-				return readCallgrindTotal(f)
-			}
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("callgrind_control -d %s: no new dump beside %s", label, c.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// readCallgrindTotal reads the "totals:" line of a callgrind output file
-// (instructions: Ir is the only event collected).
-func readCallgrindTotal(path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	return parseCallgrindTotal(f, path)
-}
-
-func parseCallgrindTotal(r interface{ Read([]byte) (int, error) }, name string) (int64, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "totals:"); ok {
-			f := strings.Fields(v)
-			if len(f) == 0 {
-				break
-			}
-			return strconv.ParseInt(f[0], 10, 64)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("%s: no totals: line", name)
-}
-
-// straceRun is strace -c -f attached to the gateway for one window.
-type straceRun struct {
-	pid int
-	out string
-	cmd *exec.Cmd
-}
-
-func (s *straceRun) start() error {
-	s.cmd = exec.Command("strace", "-c", "-f", "-p", strconv.Itoa(s.pid), "-o", s.out)
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		return err
-	}
-	// Wait until every thread of the gateway is traced.
-	deadline := time.Now().Add(10 * time.Second)
-	for !allTraced(s.pid) {
-		if time.Now().After(deadline) {
-			_ = s.cmd.Process.Kill()
-			_ = s.cmd.Wait()
-			return errors.New("strace did not attach to every thread within 10 s (ptrace allowed? see /proc/sys/kernel/yama/ptrace_scope)")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return nil
-}
-
-// stop detaches strace (SIGINT), which then writes its table. Its exit
-// status says it was interrupted; the table is what counts.
-func (s *straceRun) stop() error {
-	_ = s.cmd.Process.Signal(os.Interrupt)
-	err := s.cmd.Wait()
-	if _, ok := err.(*exec.ExitError); ok {
-		return nil
-	}
-	return err
-}
-
-// allTraced reports whether every thread of pid has a tracer.
-func allTraced(pid int) bool {
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil || len(tasks) == 0 {
-		return false
-	}
-	for _, t := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
-		if err != nil {
-			return false
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "TracerPid:"); ok && strings.TrimSpace(v) == "0" {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// parseStraceSummary reads the calls per system call of a strace -c table:
-//
-//	% time     seconds  usecs/call     calls    errors syscall
-//	------ ----------- ----------- --------- --------- ----------------
-//	 45.00    0.000045           1        30           write
-func parseStraceSummary(path string) (map[string]int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	calls := map[string]int{}
-	rows := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || f[len(f)-1] == "total" || f[len(f)-1] == "syscall" {
-			continue
-		}
-		if _, err := strconv.ParseFloat(f[0], 64); err != nil {
-			continue
-		}
-		c, err := strconv.Atoi(f[3])
-		if err != nil {
-			continue
-		}
-		calls[f[len(f)-1]] += c
-		rows++
-	}
-	if rows == 0 && !strings.Contains(string(b), "total") {
-		return nil, fmt.Errorf("%s: no strace -c table", path)
-	}
-	return calls, nil
-}
-
-// formatCalls lists the system calls of a window per request, the most
-// frequent first, e.g. "write 2.00, read 1.27".
-func formatCalls(per map[string]float64) string {
-	names := make([]string, 0, len(per))
-	for n := range per {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b string) int {
-		if per[a] != per[b] {
-			if per[a] > per[b] {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a, b)
-	})
-	var parts []string
-	for _, n := range names {
-		if per[n] >= 0.005 {
-			parts = append(parts, fmt.Sprintf("%s %.2f", n, per[n]))
-		}
-	}
-	return strings.Join(parts, ", ")
-}
-
-// addedCalls is gateway minus plain per system call, the differences of
-// at least 0.02 per request, largest first.
-func addedCalls(plain, gw map[string]float64) string {
-	diff := map[string]float64{}
-	for n, v := range gw {
-		if d := v - plain[n]; d >= 0.02 || d <= -0.02 {
-			diff[n] = d
-		}
-	}
-	for n, v := range plain {
-		if _, ok := gw[n]; !ok && v >= 0.02 {
-			diff[n] = -v
-		}
-	}
-	s := formatCallsSigned(diff)
-	if s == "" {
-		return "none"
-	}
-	return s
-}
-
-func formatCallsSigned(d map[string]float64) string {
-	names := make([]string, 0, len(d))
-	for n := range d {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b string) int {
-		if d[a] != d[b] {
-			if d[a] > d[b] {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a, b)
-	})
-	var parts []string
-	for _, n := range names {
-		parts = append(parts, fmt.Sprintf("%s %+.2f", n, d[n]))
-	}
-	return strings.Join(parts, ", ")
-}
-
-// floorInstructions counts one verification of alg: hgbench itself under
-// callgrind with -floor-child, collecting only inside verifyLoop.
-func floorInstructions(ctx context.Context, dir, alg string) (float64, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return 0, err
-	}
-	const n = 200
-	out := filepath.Join(dir, "floor-"+strings.ToLower(alg)+".callgrind")
-	// valgrind 3.19 now and then dies in a Go runtime thread's start
-	// (runtime.templateThread) before the count: try again.
-	for attempt := 1; ; attempt++ {
-		cmd := exec.CommandContext(ctx, "valgrind", "--tool=callgrind", "--collect-atstart=no",
-			"--toggle-collect=main.verifyLoop", "--callgrind-out-file="+out,
-			self, "-floor-child", alg, "-floor-n", strconv.Itoa(n))
-		cmd.Env = append(os.Environ(), callgrindEnv...)
-		b, err := cmd.CombinedOutput()
-		if err == nil {
-			break
-		}
-		if attempt == 3 || ctx.Err() != nil {
-			return 0, fmt.Errorf("%v: %s", err, tail2(string(b), 20))
-		}
-	}
-	total, err := readCallgrindTotal(out)
-	if err != nil {
-		return 0, err
-	}
-	return float64(total) / n, nil
-}
-
-func tail2(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
-}
-
-// runFloorChild is hgbench -floor-child: a proof of alg, verified a few
-// times uncounted, then n times in verifyLoop (the one function callgrind
-// collects in). The collector is off from then on: callgrind follows calls
-// by the stack pointer, and a goroutine stack that a collection shrinks and
-// the next call grows again (copied elsewhere) looks to it like a return
-// from verifyLoop, which would stop the count. The floor is the
-// verification's own instructions; what its few allocations cost the
-// collector is in the gateway's added instructions.
-func runFloorChild(alg string, n int) error {
-	p, err := newFloorProof(alg)
-	if err != nil {
-		return err
-	}
-	runtime.GC()
-	debug.SetGCPercent(-1)
-	for range 20 {
-		if err := p.v.Verify(p.input, p.sig, p.pub); err != nil {
-			return err
-		}
-	}
-	return verifyLoop(p, n)
-}
-
-// verifyLoop verifies the proof n times. Not inlined: callgrind collects
-// inside it by its name.
-//
-//go:noinline
-func verifyLoop(p *floorProof, n int) error {
-	for range n {
-		if err := p.v.Verify(p.input, p.sig, p.pub); err != nil {
-			return err
-		}
 	}
 	return nil
 }

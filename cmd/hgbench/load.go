@@ -135,29 +135,15 @@ func (l load) run(ctx context.Context) (result, error) {
 	if l.n <= 0 || len(l.reqs) == 0 || l.conns <= 0 {
 		return result{}, errors.New("load: nothing to send")
 	}
-	conns := make([]*conn, 0, l.conns)
+	conns, err := l.dialAll()
 	defer func() {
 		for _, c := range conns {
 			_ = c.c.Close()
 		}
 	}()
-	for range l.conns {
-		c, err := dial(l.addr)
-		if err != nil {
-			return result{}, fmt.Errorf("load: connect to %s: %w", l.addr, err)
-		}
-		conns = append(conns, c)
+	if err != nil {
+		return result{}, err
 	}
-
-	status := make([]int16, l.n) // 0 = not sent
-	lat := make([]time.Duration, l.n)
-	var next atomic.Int64
-	var abort atomic.Bool // set before start is closed: the workers send nothing
-	var sampleOnce sync.Once
-	var sample string
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	stopAt := time.Now().Add(l.deadline)
 
 	// On SIGINT (ctx done) the blocked reads end at once.
 	stopWatch := context.AfterFunc(ctx, func() {
@@ -166,51 +152,101 @@ func (l load) run(ctx context.Context) (result, error) {
 		}
 	})
 	defer stopWatch()
-
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			if abort.Load() {
-				return
-			}
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= l.n || ctx.Err() != nil || time.Now().After(stopAt) {
-					return
-				}
-				t0 := time.Now()
-				dl := t0.Add(requestTimeout)
-				if stopAt.Before(dl) {
-					dl = stopAt
-				}
-				code, body, closeConn, err := c.roundTrip(l.reqs[i%len(l.reqs)], dl)
-				if err != nil {
-					status[i] = statusTransportError
-					sampleOnce.Do(func() { sample = err.Error() })
-				} else {
-					lat[i] = time.Since(t0)
-					status[i] = int16(code)
-					if code != http.StatusOK {
-						sampleOnce.Do(func() { sample = fmt.Sprintf("%d %s", code, strings.TrimSpace(body)) })
-					}
-				}
-				if closeConn && c.redial() != nil {
-					return
-				}
-			}
-		}()
+	st := &runState{status: make([]int16, l.n), lat: make([]time.Duration, l.n)}
+	start, wg := l.workers(ctx, conns, st)
+	elapsed, cpu, err := l.release(start, wg, st)
+	if err != nil {
+		return result{}, err
 	}
+	r := st.result(elapsed, cpu)
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	return r, nil
+}
 
+// dialAll opens l.conns connections; it returns those it opened with the
+// error of the one it could not.
+func (l load) dialAll() ([]*conn, error) {
+	conns := make([]*conn, 0, l.conns)
+	for range l.conns {
+		c, err := dial(l.addr)
+		if err != nil {
+			return conns, fmt.Errorf("load: connect to %s: %w", l.addr, err)
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+// workers starts a worker per connection, each waiting for start to be
+// closed; wg ends when all have.
+func (l load) workers(ctx context.Context, conns []*conn, st *runState) (start chan struct{}, wg *sync.WaitGroup) {
+	start, wg = make(chan struct{}), &sync.WaitGroup{}
+	stopAt := time.Now().Add(l.deadline)
+	for _, c := range conns {
+		wg.Go(func() {
+			<-start
+			if !st.abort.Load() {
+				l.work(ctx, c, st, stopAt)
+			}
+		})
+	}
+	return start, wg
+}
+
+// runState is what the workers of one run share.
+type runState struct {
+	status     []int16         // per request: 0 = not sent, the HTTP status or statusTransportError
+	lat        []time.Duration // per request that got a response
+	next       atomic.Int64    // the next request to send
+	abort      atomic.Bool     // set before the workers are released: they send nothing
+	sampleOnce sync.Once
+	sample     string // the first non-200 answer or transport error
+}
+
+// work sends the next request on c until all are sent, ctx ends or stopAt
+// passes.
+func (l load) work(ctx context.Context, c *conn, st *runState, stopAt time.Time) {
+	for {
+		i := int(st.next.Add(1) - 1)
+		if i >= l.n || ctx.Err() != nil || time.Now().After(stopAt) {
+			return
+		}
+		t0 := time.Now()
+		dl := t0.Add(requestTimeout)
+		if stopAt.Before(dl) {
+			dl = stopAt
+		}
+		code, body, closeConn, err := c.roundTrip(l.reqs[i%len(l.reqs)], dl)
+		if err != nil {
+			st.status[i] = statusTransportError
+			st.sampleOnce.Do(func() { st.sample = err.Error() })
+		} else {
+			st.lat[i] = time.Since(t0)
+			st.status[i] = int16(code)
+			if code != http.StatusOK {
+				st.sampleOnce.Do(func() { st.sample = fmt.Sprintf("%d %s", code, strings.TrimSpace(body)) })
+			}
+		}
+		if closeConn && c.redial() != nil {
+			return
+		}
+	}
+}
+
+// release lets the workers go and waits for them, reading the CPU counter
+// (when l.cpu is set) right before and right after. It returns the time
+// and the CPU between.
+func (l load) release(start chan struct{}, wg *sync.WaitGroup, st *runState) (time.Duration, cpuSample, error) {
 	var cpu0, cpu1 cpuSample
 	var err error
 	if l.cpu != nil {
 		if cpu0, err = l.cpu(); err != nil {
-			abort.Store(true)
+			st.abort.Store(true)
 			close(start)
 			wg.Wait()
-			return result{}, err
+			return 0, cpuSample{}, err
 		}
 	}
 	t0 := time.Now()
@@ -219,13 +255,17 @@ func (l load) run(ctx context.Context) (result, error) {
 	elapsed := time.Since(t0)
 	if l.cpu != nil {
 		if cpu1, err = l.cpu(); err != nil {
-			return result{}, err
+			return 0, cpuSample{}, err
 		}
 	}
+	return elapsed, cpu1.sub(cpu0), nil
+}
 
-	r := result{elapsed: elapsed, cpu: cpu1.sub(cpu0), statuses: map[int]int{}, sample: sample}
-	r.lat = make([]time.Duration, 0, l.n)
-	for i, s := range status {
+// result tallies the requests sent.
+func (st *runState) result(elapsed time.Duration, cpu cpuSample) result {
+	r := result{elapsed: elapsed, cpu: cpu, statuses: map[int]int{}, sample: st.sample}
+	r.lat = make([]time.Duration, 0, len(st.status))
+	for i, s := range st.status {
 		if s == 0 {
 			continue
 		}
@@ -234,12 +274,9 @@ func (l load) run(ctx context.Context) (result, error) {
 			r.statuses[int(s)]++
 		}
 		if s != statusTransportError {
-			r.lat = append(r.lat, lat[i])
+			r.lat = append(r.lat, st.lat[i])
 		}
 	}
 	slices.Sort(r.lat)
-	if err := ctx.Err(); err != nil {
-		return r, err
-	}
-	return r, nil
+	return r
 }

@@ -11,109 +11,21 @@ import (
 // measure warms one configuration up, sizes its runs and does the A/B
 // pairs, printing a line per run.
 func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
-	var floor *floorProof
-	if s.alg != "" {
-		var err error
-		if floor, err = newFloorProof(s.alg); err != nil {
-			return summary{}, err
-		}
-	}
-
-	// Warm-up, one request at a time: the first fetches the issuer's keys and
-	// verifies the token, and asks the registry; all must be 200.
-	reqs, err := s.requests(ctx, warmupRequests)
+	floor, err := floorOf(s)
 	if err != nil {
 		return summary{}, err
 	}
-	r, err := load{addr: s.site, reqs: reqs, n: warmupRequests, conns: 1, deadline: time.Minute}.run(ctx)
+	if err := b.warmUp(ctx, s); err != nil {
+		return summary{}, err
+	}
+	nPlain, nGw, err := b.calibrate(ctx, s)
 	if err != nil {
 		return summary{}, err
 	}
-	if r.errors() > 0 {
-		return summary{}, fmt.Errorf("warm-up: %s; first: %s (gateway log: %s)", r.describeErrors(), r.sample, b.gw.logPath)
-	}
-
-	// Size the runs: a short untimed run on each site.
-	reqs, err = s.requests(ctx, calibrateRequests)
+	pairs, replayProblems, nGw, err := b.pairs(ctx, s, floor, nPlain, nGw)
 	if err != nil {
 		return summary{}, err
 	}
-	deadline := b.o.runTime * runDeadlineFactor
-	rp, err := load{addr: b.plain, reqs: reqs, n: 2 * calibrateRequests, conns: b.o.conns, deadline: deadline}.run(ctx)
-	if err != nil {
-		return summary{}, err
-	}
-	rg, err := load{addr: s.site, reqs: reqs, n: calibrateRequests, conns: b.o.conns, deadline: deadline}.run(ctx)
-	if err != nil {
-		return summary{}, err
-	}
-	if rg.errors() > 0 || rp.errors() > 0 {
-		return summary{}, fmt.Errorf("calibration: plain %s, gateway %s; first: %s %s",
-			rp.describeErrors(), rg.describeErrors(), rp.sample, rg.sample)
-	}
-	size := func(rps float64) int {
-		return min(max(int(rps*b.o.runTime.Seconds()), minRunRequests), b.o.maxRequests)
-	}
-	nPlain, nGw := size(rp.rps()), size(rg.rps())
-	fmt.Printf("\n%s: warm-up rates %.0f req/s plain, %.0f gateway; each pair is sized on the rates of the one before\n",
-		s.name, rp.rps(), rg.rps())
-
-	var pairs []pairStats
-	replayProblems := 0
-	for i := range b.o.pairs {
-		// One fresh proof per gateway request; the plain run sends the same
-		// requests (cycling through them), before the gateway run uses them.
-		reqs, err := s.requests(ctx, nGw)
-		if err != nil {
-			return summary{}, err
-		}
-		label := fmt.Sprintf("%s pair %d/%d", s.name, i+1, b.o.pairs)
-		if err := b.waitQuiet(ctx); err != nil {
-			return summary{}, err
-		}
-		plain, plainStats, err := b.timed(ctx, label, "plain", b.plain, reqs, nPlain)
-		if err != nil {
-			return summary{}, err
-		}
-		keys0, err := b.replayKeys(ctx, s)
-		if err != nil {
-			return summary{}, err
-		}
-		gw, gwStats, err := b.timed(ctx, label, "gateway", s.site, reqs, nGw)
-		if err != nil {
-			return summary{}, err
-		}
-		keys1, err := b.replayKeys(ctx, s)
-		if err != nil {
-			return summary{}, err
-		}
-		if s.key != nil {
-			accepted := gw.done - gw.errors()
-			grown := keys1 - keys0
-			note := ""
-			// No key of this configuration expires during the bench
-			// (dpopMaxAge), so every accepted proof adds exactly one.
-			if grown < accepted {
-				note = "   !! fewer keys than accepted proofs: the replay store was not used for every proof"
-				replayProblems++
-			}
-			fmt.Printf("    replay keys %sv1:dpop:*: %d → %d (+%d for %d accepted proofs)%s\n", s.prefix, keys0, keys1, grown, accepted, note)
-		}
-		pair := pairStats{plain: plainStats, gateway: gwStats}
-		if floor != nil {
-			// Measured next to each pair, so that it sees the machine as the
-			// runs did.
-			if pair.floor, err = floor.measure(); err != nil {
-				return summary{}, err
-			}
-			fmt.Printf("    verify floor %s: %.1f µs (jws.NewVerifier(%s).Verify, one goroutine, gateway idle)\n", s.alg, pair.floor, s.alg)
-		}
-		pairs = append(pairs, pair)
-		// The next pair is sized on this one's rates, which are steadier
-		// than the warm-up's.
-		nPlain, nGw = size(plain.rps()), size(gw.rps())
-	}
-
 	var loaded float64
 	if floor != nil {
 		if loaded, err = b.floorUnderLoad(ctx, s, floor, nGw); err != nil {
@@ -129,6 +41,149 @@ func (b *bench) measure(ctx context.Context, s *scenario) (summary, error) {
 	sum.errors += replayProblems
 	sum.loadedFloor = loaded
 	return sum, nil
+}
+
+// floorOf is the proof of s's verify floor; nil for Bearer.
+func floorOf(s *scenario) (*floorProof, error) {
+	if s.alg == "" {
+		return nil, nil
+	}
+	return newFloorProof(s.alg)
+}
+
+// pairs does the -pairs A/B pairs, the first sized nPlain and nGw. It
+// returns their stats, how many of them found the replay store unused for
+// some proof, and the size of a gateway run sized on the last pair's rate.
+func (b *bench) pairs(ctx context.Context, s *scenario, floor *floorProof, nPlain, nGw int) (pairs []pairStats, replayProblems, next int, err error) {
+	for i := range b.o.pairs {
+		p, err := b.pair(ctx, s, floor, i, nPlain, nGw)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		pairs = append(pairs, p.stats)
+		if p.replayShort {
+			replayProblems++
+		}
+		// The next pair is sized on this one's rates, which are steadier
+		// than the warm-up's.
+		nPlain, nGw = b.runSize(p.plain.rps()), b.runSize(p.gateway.rps())
+	}
+	return pairs, replayProblems, nGw, nil
+}
+
+// warmUp sends warmupRequests one at a time: the first fetches the
+// issuer's keys and verifies the token, and asks the registry; all must be
+// 200.
+func (b *bench) warmUp(ctx context.Context, s *scenario) error {
+	reqs, err := s.requests(ctx, warmupRequests)
+	if err != nil {
+		return err
+	}
+	r, err := load{addr: s.site, reqs: reqs, n: warmupRequests, conns: 1, deadline: time.Minute}.run(ctx)
+	if err != nil {
+		return err
+	}
+	if r.errors() > 0 {
+		return fmt.Errorf("warm-up: %s; first: %s (gateway log: %s)", r.describeErrors(), r.sample, b.gw.LogPath())
+	}
+	return nil
+}
+
+// calibrate sizes the first pair's runs from a short untimed run on each
+// site.
+func (b *bench) calibrate(ctx context.Context, s *scenario) (nPlain, nGw int, err error) {
+	reqs, err := s.requests(ctx, calibrateRequests)
+	if err != nil {
+		return 0, 0, err
+	}
+	deadline := b.o.runTime * runDeadlineFactor
+	rp, err := load{addr: b.plain, reqs: reqs, n: 2 * calibrateRequests, conns: b.o.conns, deadline: deadline}.run(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	rg, err := load{addr: s.site, reqs: reqs, n: calibrateRequests, conns: b.o.conns, deadline: deadline}.run(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if rg.errors() > 0 || rp.errors() > 0 {
+		return 0, 0, fmt.Errorf("calibration: plain %s, gateway %s; first: %s %s",
+			rp.describeErrors(), rg.describeErrors(), rp.sample, rg.sample)
+	}
+	fmt.Printf("\n%s: warm-up rates %.0f req/s plain, %.0f gateway; each pair is sized on the rates of the one before\n",
+		s.name, rp.rps(), rg.rps())
+	return b.runSize(rp.rps()), b.runSize(rg.rps()), nil
+}
+
+// runSize is the number of requests that last about -run at rps, within
+// minRunRequests and -max-requests.
+func (b *bench) runSize(rps float64) int {
+	return min(max(int(rps*b.o.runTime.Seconds()), minRunRequests), b.o.maxRequests)
+}
+
+// pairRun is one A/B pair as measured.
+type pairRun struct {
+	stats          pairStats
+	plain, gateway result
+	replayShort    bool // the replay store did not get a key for every accepted proof
+}
+
+// pair does pair i: a timed run of nPlain requests on the plain site, then
+// one of nGw on the gateway site, counting the replay keys around it, then
+// the verify floor (when floor is set).
+func (b *bench) pair(ctx context.Context, s *scenario, floor *floorProof, i, nPlain, nGw int) (pairRun, error) {
+	// One fresh proof per gateway request; the plain run sends the same
+	// requests (cycling through them), before the gateway run uses them.
+	reqs, err := s.requests(ctx, nGw)
+	if err != nil {
+		return pairRun{}, err
+	}
+	label := fmt.Sprintf("%s pair %d/%d", s.name, i+1, b.o.pairs)
+	if err := b.waitQuiet(ctx); err != nil {
+		return pairRun{}, err
+	}
+	var p pairRun
+	if p.plain, p.stats.plain, err = b.timed(ctx, label, "plain", b.plain, reqs, nPlain); err != nil {
+		return pairRun{}, err
+	}
+	keys0, err := b.replayKeys(ctx, s)
+	if err != nil {
+		return pairRun{}, err
+	}
+	if p.gateway, p.stats.gateway, err = b.timed(ctx, label, "gateway", s.site, reqs, nGw); err != nil {
+		return pairRun{}, err
+	}
+	keys1, err := b.replayKeys(ctx, s)
+	if err != nil {
+		return pairRun{}, err
+	}
+	if s.key != nil {
+		p.replayShort = !replayKeysLine(s, p.gateway, keys0, keys1)
+	}
+	if floor != nil {
+		// Measured next to each pair, so that it sees the machine as the
+		// runs did.
+		if p.stats.floor, err = floor.measure(); err != nil {
+			return pairRun{}, err
+		}
+		fmt.Printf("    verify floor %s: %.1f µs (jws.NewVerifier(%s).Verify, one goroutine, gateway idle)\n", s.alg, p.stats.floor, s.alg)
+	}
+	return p, nil
+}
+
+// replayKeysLine prints how the replay keys of s grew over the gateway run
+// gw, and reports whether every accepted proof added one. No key of this
+// configuration expires during the bench (dpopMaxAge), so every accepted
+// proof adds exactly one.
+func replayKeysLine(s *scenario, gw result, keys0, keys1 int) bool {
+	accepted := gw.done - gw.errors()
+	grown := keys1 - keys0
+	note := ""
+	ok := grown >= accepted
+	if !ok {
+		note = "   !! fewer keys than accepted proofs: the replay store was not used for every proof"
+	}
+	fmt.Printf("    replay keys %sv1:dpop:*: %d → %d (+%d for %d accepted proofs)%s\n", s.prefix, keys0, keys1, grown, accepted, note)
+	return ok
 }
 
 // floorUnderLoad measures the verify floor again beside one more, untimed

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // redisServer is the Redis of the run: one that already answers, or one
@@ -37,7 +39,7 @@ func findRedis(ctx context.Context, addr string, start bool, dir string) (*redis
 		return nil, fmt.Errorf("no Redis answers at %s and redis-server is not installed: "+
 			"start a Redis and set HELSEGATE_TEST_REDIS=host:port, or install one (apt-get install redis-server)", addr)
 	}
-	free, err := freeAddr()
+	free, err := gatewayproc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}

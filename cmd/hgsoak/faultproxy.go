@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // Modes of a faultProxy.
@@ -43,7 +45,7 @@ func startFaultProxy(name, target string) (*faultProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
+	addr, err := gatewayproc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}

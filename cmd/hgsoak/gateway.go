@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // Values the generated config and the driver share.
@@ -39,7 +36,7 @@ type replica struct {
 	sites     map[string]string // route -> host:port
 	logPath   string            // Caddy's own log, JSON
 	auditPath string            // the helseid audit log, JSON
-	proc      *child
+	proc      *gatewayproc.Process
 }
 
 // replicaConfig is what the generated Caddyfile depends on.
@@ -70,25 +67,7 @@ type replicaConfig struct {
 // hanging registry costs a request a second, not the default 2.
 func renderCaddyfile(c replicaConfig) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `{
-	admin %s
-	auto_https off
-	default_bind 127.0.0.1
-	persist_config off
-	log default {
-		output file %s
-		format json
-		level INFO
-		exclude http.handlers.helseid.audit
-	}
-	log audit {
-		output file %s
-		format json
-		level INFO
-		include http.handlers.helseid.audit
-	}
-}
-`, c.Admin, c.LogPath, c.AuditPath)
+	b.WriteString(gatewayproc.GlobalOptions(c.Admin, c.LogPath, c.AuditPath))
 	for _, s := range []struct{ route, addr string }{{routeDeny, c.DenyAddr}, {routeLocal, c.LocalAddr}} {
 		fmt.Fprintf(&b, `
 # on_store_error %[1]s
@@ -122,66 +101,20 @@ http://:%[2]s {
 }
 
 // startReplica writes the Caddyfile into dir and runs `bin run --config`,
-// waiting (at most 30 s) for the admin endpoint and both sites.
+// waiting (at most 30 s) for the admin endpoint and both sites. The replica
+// runs in a process group of its own (see child) and is killed by killAll.
 func startReplica(ctx context.Context, bin, dir string, index int, c replicaConfig) (*replica, error) {
-	cfg := filepath.Join(dir, fmt.Sprintf("Caddyfile.r%d", index))
-	if err := os.WriteFile(cfg, []byte(renderCaddyfile(c)), 0o600); err != nil {
-		return nil, err
-	}
-	outPath := filepath.Join(dir, fmt.Sprintf("r%d.out", index))
-	out, err := os.Create(outPath)
+	sites := map[string]string{routeDeny: c.DenyAddr, routeLocal: c.LocalAddr}
+	p, err := gatewayproc.Start(ctx, gatewayproc.Options{
+		Name: fmt.Sprintf("replica %d", index), Bin: bin, Dir: dir,
+		Caddyfile: renderCaddyfile(c), ConfigPath: filepath.Join(dir, fmt.Sprintf("Caddyfile.r%d", index)),
+		OutPath: filepath.Join(dir, fmt.Sprintf("r%d.out", index)), LogPath: c.LogPath,
+		Home: filepath.Join(dir, fmt.Sprintf("home-r%d", index)), Env: []string{"MEMBERSHIP_TOKEN=" + regToken},
+		Admin: c.Admin, Addrs: []string{c.DenyAddr, c.LocalAddr}, OwnGroup: true,
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer out.Close()
-	home := filepath.Join(dir, fmt.Sprintf("home-r%d", index))
-	if err := os.MkdirAll(home, 0o700); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "run", "--config", cfg, "--adapter", "caddyfile")
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = out, out
-	// Caddy's data and config directories stay in the run's directory.
-	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home,
-		"MEMBERSHIP_TOKEN="+regToken)
-	p, err := startChild(fmt.Sprintf("helsegate r%d", index), cmd)
-	if err != nil {
-		return nil, err
-	}
-	r := &replica{index: index, admin: c.Admin, logPath: c.LogPath, auditPath: c.AuditPath, proc: p,
-		sites: map[string]string{routeDeny: c.DenyAddr, routeLocal: c.LocalAddr}}
-	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if !p.alive() {
-			return nil, fmt.Errorf("replica %d exited during start: %v\n%s\n%s", index, p.waitErr, tail(outPath, 20), tail(c.LogPath, 20))
-		}
-		if err := r.ready(hc); err == nil {
-			return r, nil
-		} else if time.Now().After(deadline) || ctx.Err() != nil {
-			p.kill()
-			return nil, fmt.Errorf("replica %d not ready: %v\n%s", index, err, tail(c.LogPath, 20))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// ready checks the admin endpoint and that both sites accept connections.
-func (r *replica) ready(hc *http.Client) error {
-	resp, err := hc.Get("http://" + r.admin + "/config/")
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin: %s", resp.Status)
-	}
-	for _, a := range r.sites {
-		c, err := net.DialTimeout("tcp", a, time.Second)
-		if err != nil {
-			return err
-		}
-		c.Close()
-	}
-	return nil
+	register(p.Kill)
+	return &replica{index: index, admin: c.Admin, logPath: c.LogPath, auditPath: c.AuditPath, proc: p, sites: sites}, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -22,10 +21,18 @@ type child struct {
 	waitErr error
 }
 
-// children is every process started, for the final cleanup.
+// children is how to kill every process started (the children and the
+// gateway replicas), for the final cleanup.
 var children struct {
-	mu   sync.Mutex
-	list []*child
+	mu    sync.Mutex
+	kills []func()
+}
+
+// register adds a process's kill to the final cleanup.
+func register(kill func()) {
+	children.mu.Lock()
+	children.kills = append(children.kills, kill)
+	children.mu.Unlock()
 }
 
 // startChild starts cmd as a child of the soak (see child).
@@ -39,9 +46,7 @@ func startChild(name string, cmd *exec.Cmd) (*child, error) {
 		c.waitErr = cmd.Wait()
 		close(c.exited)
 	}()
-	children.mu.Lock()
-	children.list = append(children.list, c)
-	children.mu.Unlock()
+	register(c.kill)
 	return c, nil
 }
 
@@ -75,34 +80,14 @@ func (c *child) kill() {
 // killAll kills every child still running, newest first.
 func killAll() {
 	children.mu.Lock()
-	list := append([]*child(nil), children.list...)
+	kills := append([]func(){}, children.kills...)
 	children.mu.Unlock()
-	for i := len(list) - 1; i >= 0; i-- {
-		list[i].kill()
+	for i := len(kills) - 1; i >= 0; i-- {
+		kills[i]()
 	}
-}
-
-// freeAddr returns a loopback host:port that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // port returns the port of host:port.
 func port(hostport string) string {
 	return hostport[strings.LastIndexByte(hostport, ':')+1:]
-}
-
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }

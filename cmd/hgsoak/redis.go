@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // redisProc is the soak's own redis-server on a fixed loopback port, with
@@ -25,7 +27,7 @@ func newRedis(dir string) (*redisProc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis-server is not installed (apt-get install redis-server): %w", err)
 	}
-	addr, err := freeAddr()
+	addr, err := gatewayproc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +52,7 @@ func (r *redisProc) start() (time.Time, error) {
 			return time.Now(), nil
 		} else if time.Now().After(deadline) || !p.alive() {
 			p.kill()
-			return time.Time{}, fmt.Errorf("redis-server on %s did not answer: %v\n%s", r.addr, err, tail(logf, 10))
+			return time.Time{}, fmt.Errorf("redis-server on %s did not answer: %v\n%s", r.addr, err, gatewayproc.Tail(logf, 10))
 		}
 		// 20 ms: the recovery times are measured from this PONG, so poll
 		// finely; a PING costs Redis nothing.

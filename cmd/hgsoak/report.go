@@ -99,28 +99,16 @@ func printAnswers(w io.Writer, recs []*record, v verdicts) {
 }
 
 // printRecovery prints, per Redis restart, the first 200 of a valid request
-// sent after the new server's first PONG, per replica and route.
+// sent after the new server's first PONG, per replica and route; the valid
+// 200s per second after it; and the last valid request refused.
 func printRecovery(w io.Writer, recs []*record, outs []outage, nrep int) {
 	fmt.Fprintln(w, "\n== recovery after each Redis restart (first 200 of a valid request sent after Redis answered PING again; time from that PONG to the 200's answer)")
+	routes := []string{routeDeny, routeLocal}
 	for i, o := range outs {
 		fmt.Fprintf(w, "restart %d: SIGKILL %s, PONG %s (%.2fs down)\n", i+1, o.killed.Format("15:04:05.000"), o.back.Format("15:04:05.000"), o.back.Sub(o.killed).Seconds())
 		for rep := range nrep {
-			for _, rt := range []string{routeDeny, routeLocal} {
-				var first *record
-				refused := 0
-				for _, r := range recs {
-					if r.kind != kindValid || r.replica != rep || r.route != rt || r.sent.Before(o.back) {
-						continue
-					}
-					if r.status == 200 && (first == nil || r.done.Before(first.done)) {
-						first = r
-					}
-				}
-				for _, r := range recs {
-					if r.kind == kindValid && r.replica == rep && r.route == rt && !r.sent.Before(o.back) && first != nil && r.sent.Before(first.sent) && r.status != 200 {
-						refused++
-					}
-				}
+			for _, rt := range routes {
+				first, refused := firstRecovered(recs, o, rep, rt)
 				if first == nil {
 					fmt.Fprintf(w, "  r%d %-5s no 200 after the restart\n", rep, rt)
 					continue
@@ -131,40 +119,75 @@ func printRecovery(w io.Writer, recs []*record, outs []outage, nrep int) {
 		// What each route answered valid requests in the seconds after the
 		// PONG, by second: the local route may go from fallback answers to
 		// recovering refusals once the new server is verified.
-		for _, rt := range []string{routeDeny, routeLocal} {
-			var line []string
-			for sec := range 8 {
-				ok, no := 0, 0
-				for _, r := range recs {
-					if r.kind != kindValid || r.route != rt {
-						continue
-					}
-					if d := r.sent.Sub(o.back); d >= time.Duration(sec)*time.Second && d < time.Duration(sec+1)*time.Second {
-						if r.status == 200 {
-							ok++
-						} else {
-							no++
-						}
-					}
-				}
-				line = append(line, fmt.Sprintf("%d/%d", ok, ok+no))
-			}
-			fmt.Fprintf(w, "  %-5s valid 200s per second after the PONG (both replicas): %s\n", rt, strings.Join(line, " "))
+		for _, rt := range routes {
+			fmt.Fprintf(w, "  %-5s valid 200s per second after the PONG (both replicas): %s\n", rt, strings.Join(validPerSecond(recs, o, rt, 8), " "))
 		}
 		// The end of the refusals: the last valid request refused as
 		// recovering, which bounds how long honest clients lost requests.
-		for _, rt := range []string{routeDeny, routeLocal} {
-			var last time.Time
-			for _, r := range recs {
-				if r.kind == kindValid && r.route == rt && r.status == 503 && !r.sent.Before(o.killed) && r.sent.Before(o.back.Add(redisSettle)) && r.sent.After(last) {
-					last = r.sent
-				}
-			}
-			if !last.IsZero() {
+		for _, rt := range routes {
+			if last := lastRefused(recs, o, rt); !last.IsZero() {
 				fmt.Fprintf(w, "  %-5s last valid request refused (503) sent %.3fs after the PONG\n", rt, last.Sub(o.back).Seconds())
 			}
 		}
 	}
+}
+
+// firstRecovered returns the valid request to replica rep and route rt
+// sent after o's PONG whose 200 came first, and how many valid requests
+// sent after the PONG and before it were refused; nil when none got a 200.
+func firstRecovered(recs []*record, o outage, rep int, rt string) (first *record, refused int) {
+	after := func(r *record) bool {
+		return r.kind == kindValid && r.replica == rep && r.route == rt && !r.sent.Before(o.back)
+	}
+	for _, r := range recs {
+		if after(r) && r.status == 200 && (first == nil || r.done.Before(first.done)) {
+			first = r
+		}
+	}
+	if first == nil {
+		return nil, 0
+	}
+	for _, r := range recs {
+		if after(r) && r.sent.Before(first.sent) && r.status != 200 {
+			refused++
+		}
+	}
+	return first, refused
+}
+
+// validPerSecond is "ok/all" of the valid requests to route rt (both
+// replicas) sent in each of the first n seconds after o's PONG.
+func validPerSecond(recs []*record, o outage, rt string, n int) []string {
+	var line []string
+	for sec := range n {
+		ok, no := 0, 0
+		for _, r := range recs {
+			if r.kind != kindValid || r.route != rt {
+				continue
+			}
+			if d := r.sent.Sub(o.back); d >= time.Duration(sec)*time.Second && d < time.Duration(sec+1)*time.Second {
+				if r.status == 200 {
+					ok++
+				} else {
+					no++
+				}
+			}
+		}
+		line = append(line, fmt.Sprintf("%d/%d", ok, ok+no))
+	}
+	return line
+}
+
+// lastRefused is when the last valid request to route rt refused with 503
+// during o and its settling was sent; zero when none was.
+func lastRefused(recs []*record, o outage, rt string) time.Time {
+	var last time.Time
+	for _, r := range recs {
+		if r.kind == kindValid && r.route == rt && r.status == 503 && !r.sent.Before(o.killed) && r.sent.Before(o.back.Add(redisSettle)) && r.sent.After(last) {
+			last = r.sent
+		}
+	}
+	return last
 }
 
 // printResources prints the RSS and goroutine samples of every replica.

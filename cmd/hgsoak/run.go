@@ -4,15 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"path/filepath"
-	"sort"
 	"time"
 
-	"github.com/helsegate/helsegate/authz"
-	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
-	"github.com/helsegate/helsegate/internal/devkit/registrysim"
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // logf prints a progress line with the time.
@@ -29,88 +24,51 @@ func run(ctx context.Context, o options, steps []step) int {
 		return 2
 	}
 	logf("run directory %s", dir)
+	rg := &rig{dir: dir}
+	defer rg.close()
+	if err := rg.start(ctx, o.bin); err != nil {
+		logf("%v", err)
+		return 2
+	}
+	fl := &faults{redis: rg.redis, registry: rg.registry, issuer: rg.issuer, sim: rg.sim, logf: logf}
+	fl.addKid(rg.sim.CurrentKid())
+	printSchedule(steps)
 
-	// The doubles, each behind a fault proxy.
-	sim, err := helseidsim.Start(helseidsim.Options{})
+	d := newDriver(rg, fl, o.conc)
+	took, err := d.warmUp(ctx)
 	if err != nil {
-		logf("helseid simulator: %v", err)
+		logf("warm-up: %v", err)
 		return 2
 	}
-	defer sim.Close()
-	ids, memberOrgs, err := newIdentities(sim)
-	if err != nil {
-		logf("identities: %v", err)
-		return 2
-	}
-	var members []authz.Authorization
-	for _, org := range memberOrgs {
-		members = append(members, authz.Authorization{Organization: org, Service: service, Member: true, Status: "active"})
-	}
-	reg, err := registrysim.Start(registrysim.Options{Members: members, Token: regToken})
-	if err != nil {
-		logf("registry simulator: %v", err)
-		return 2
-	}
-	defer reg.Close()
-	issProxy, err := startFaultProxy("issuer", sim.Issuer())
-	if err != nil {
-		logf("issuer proxy: %v", err)
-		return 2
-	}
-	defer issProxy.close()
-	regProxy, err := startFaultProxy("registry", reg.URL())
-	if err != nil {
-		logf("registry proxy: %v", err)
-		return 2
-	}
-	defer regProxy.close()
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("upstream ok\n"))
-	}))
-	defer upstream.Close()
-
-	rds, err := newRedis(dir)
+	logf("warm-up: every replica and route answered 200 after %.2fs (a fresh Redis refuses proofs issued before its start + dpop_future_skew)", took.Seconds())
+	res, err := soak(ctx, o, d, fl, rg.reps, steps)
 	if err != nil {
 		logf("%v", err)
 		return 2
 	}
-	if _, err := rds.start(); err != nil {
-		logf("%v", err)
+	v := res.report(os.Stdout, o.duration, d.skipped.Load(), rg.reps)
+	return finish(dir, o.keep, res.interrupted, len(v.wrong))
+}
+
+// finish removes the run directory unless it is to be kept (-keep, an
+// interrupted run, wrong 200s) and returns the exit status.
+func finish(dir string, keep, interrupted bool, wrong int) int {
+	if wrong == 0 && !keep && !interrupted {
+		_ = os.RemoveAll(dir)
+	} else {
+		fmt.Fprintf(os.Stderr, "run directory kept: %s\n", dir)
+	}
+	switch {
+	case interrupted:
 		return 2
+	case wrong > 0:
+		return 1
 	}
-	defer rds.kill()
+	return 0
+}
 
-	// Two replicas.
-	var reps []*replica
-	for i := range 2 {
-		var addrs [3]string
-		for j := range addrs {
-			if addrs[j], err = freeAddr(); err != nil {
-				logf("%v", err)
-				return 2
-			}
-		}
-		r, err := startReplica(ctx, o.bin, dir, i, replicaConfig{
-			Admin: addrs[0], DenyAddr: addrs[1], LocalAddr: addrs[2],
-			LogPath:   filepath.Join(dir, fmt.Sprintf("r%d.log", i)),
-			AuditPath: filepath.Join(dir, fmt.Sprintf("r%d-audit.log", i)),
-			// Tokens carry the simulator's own issuer; only the key set is
-			// fetched, through the proxy (jwks_url), so the proxy can fail it.
-			Issuer: sim.Issuer(), JWKSURL: issProxy.URL() + helseidsim.JWKSPath,
-			Registry: regProxy.URL(), RedisAddr: rds.addr, Upstream: upstream.URL,
-		})
-		if err != nil {
-			logf("%v", err)
-			return 2
-		}
-		defer r.proc.kill()
-		reps = append(reps, r)
-		logf("replica r%d: pid %d, admin %s, deny %s, local %s", i, r.proc.pid(), r.admin, r.sites[routeDeny], r.sites[routeLocal])
-	}
-	logf("redis %s, issuer %s (proxy %s), registry %s (proxy %s)", rds.addr, sim.Issuer(), issProxy.URL(), reg.URL(), regProxy.URL())
-
-	fl := &faults{redis: rds, registry: regProxy, issuer: issProxy, sim: sim, logf: logf}
-	fl.addKid(sim.CurrentKid())
+// printSchedule prints the fault schedule and what each phase accepts.
+func printSchedule(steps []step) {
 	fmt.Println("== schedule (from the start of the load)")
 	for _, s := range steps {
 		fmt.Printf("  %-19s at %5.0fs, fault %4.0fs, then %3.0fs settling\n", s.Phase, s.At.Seconds(), s.For.Seconds(), s.Settle.Seconds())
@@ -119,22 +77,37 @@ func run(ctx context.Context, o options, steps []step) int {
 	for _, p := range append([]string{famSteady}, phaseNames(steps)...) {
 		fmt.Printf("  %s: %s\n", p, acceptableLine(p))
 	}
+}
 
-	d := &driver{
-		ids: ids, replicas: reps, phase: fl.phase, pool: map[string][]*accepted{},
+// newDriver is the driver of the rig's replicas, in the phases of fl.
+func newDriver(rg *rig, fl *faults, conc int) *driver {
+	return &driver{
+		ids: rg.ids, replicas: rg.reps, phase: fl.phase, pool: map[string][]*accepted{},
 		hc: &http.Client{
 			// Bounded: a hanging registry holds a request ~1 s (the
 			// configured timeout); 10 s means something is really stuck.
 			Timeout:   10 * time.Second,
-			Transport: &http.Transport{MaxIdleConnsPerHost: o.conc, IdleConnTimeout: 30 * time.Second},
+			Transport: &http.Transport{MaxIdleConnsPerHost: conc, IdleConnTimeout: 30 * time.Second},
 		},
 	}
-	took, err := d.warmUp(ctx)
-	if err != nil {
-		logf("warm-up: %v", err)
-		return 2
-	}
-	logf("warm-up: every replica and route answered 200 after %.2fs (a fresh Redis refuses proofs issued before its start + dpop_future_skew)", took.Seconds())
+}
+
+// soakResult is what a soak collected, for the report.
+type soakResult struct {
+	start   time.Time
+	recs    []*record
+	audits  []map[string][]auditEntry // per replica: path -> entries
+	outs    []outage
+	spans   []phaseSpan
+	samples [][]sample
+	// interrupted: the soak was stopped (SIGINT, or its overall bound)
+	// before the load's end.
+	interrupted bool
+}
+
+// soak runs the load, the fault schedule, the sampler and the progress
+// lines for o.duration, then collects the records and the audit logs.
+func soak(ctx context.Context, o options, d *driver, fl *faults, reps []*replica, steps []step) (soakResult, error) {
 	loadCtx, endLoad := context.WithTimeout(ctx, o.duration)
 	defer endLoad()
 	start := time.Now()
@@ -148,97 +121,27 @@ func run(ctx context.Context, o options, steps []step) int {
 	go progress(loadCtx, d, reps)
 	d.run(loadCtx, o.rate, o.conc)
 	if err := <-faultErr; err != nil {
-		logf("%v", err)
-		return 2
+		return soakResult{}, err
 	}
-	samples := <-samplesDone
-	interrupted := ctx.Err() != nil
+	res := soakResult{start: start, samples: <-samplesDone, interrupted: ctx.Err() != nil}
 	for _, r := range reps {
-		if !r.proc.alive() {
-			logf("replica r%d died during the run: %v\n%s", r.index, r.proc.waitErr, tail(r.logPath, 20))
+		if !r.proc.Alive() {
+			logf("replica r%d died during the run: %v\n%s", r.index, r.proc.ExitErr(), gatewayproc.Tail(r.logPath, 20))
 		}
 	}
 
 	// Caddy writes the audit log synchronously; give the last lines a moment.
 	time.Sleep(500 * time.Millisecond)
-	recs := d.snapshot()
-	var audits []map[string][]auditEntry
+	res.recs = d.snapshot()
 	for _, r := range reps {
 		a, err := readAudit(r.auditPath)
 		if err != nil {
 			logf("audit log r%d: %v", r.index, err)
 		}
-		audits = append(audits, a)
+		res.audits = append(res.audits, a)
 	}
-	joined, missing := joinAudit(recs, audits)
-	outs, spans := fl.snapshot()
-	v := judge(recs, outs)
-
-	fmt.Printf("\n== run: %d requests in %s (%d ticks skipped at the concurrency limit); audit reasons joined for %d, missing for %d\n",
-		len(recs), o.duration, d.skipped.Load(), joined, missing)
-	fmt.Println("== phases as run")
-	for _, s := range spans {
-		fmt.Printf("  %-19s %s – %s (+%.0fs – +%.0fs) %s\n", s.name, s.start.Format("15:04:05"), s.end.Format("15:04:05"),
-			s.start.Sub(start).Seconds(), s.end.Sub(start).Seconds(), s.note)
-	}
-	printAnswers(os.Stdout, recs, v)
-	printRecovery(os.Stdout, recs, outs, len(reps))
-	printResources(os.Stdout, samples)
-
-	fmt.Println("\n== gateway log lines above info (count, level logger: msg)")
-	for _, r := range reps {
-		dg := logDigest(r.logPath)
-		keys := make([]string, 0, len(dg))
-		for k := range dg {
-			keys = append(keys, k)
-		}
-		sort.Slice(keys, func(i, j int) bool { return dg[keys[i]] > dg[keys[j]] })
-		fmt.Printf("r%d (%s):\n", r.index, r.logPath)
-		for _, k := range keys[:min(len(keys), 12)] {
-			fmt.Printf("  %6d %s\n", dg[k], k)
-		}
-	}
-
-	if len(v.exceptions) > 0 {
-		fmt.Printf("\n== replays accepted on the local route of proofs first used during a Redis outage (documented on_store_error local exception): %d\n", len(v.exceptions))
-		for _, r := range v.exceptions[:min(len(v.exceptions), 10)] {
-			fmt.Println("  " + describe(r, start))
-		}
-	}
-	if len(v.wrong) > 0 {
-		fmt.Printf("\n== WRONG 200s: %d\n", len(v.wrong))
-		sort.Slice(v.wrong, func(i, j int) bool { return v.wrong[i].sent.Before(v.wrong[j].sent) })
-		for i, r := range v.wrong {
-			fmt.Println("  " + describe(r, start))
-			if i >= 20 {
-				continue // the first 20 with their log lines
-			}
-			for _, rep := range reps {
-				for _, e := range audits[rep.index][r.path] {
-					fmt.Printf("    r%d audit: %s\n", rep.index, e.line)
-				}
-				for _, l := range logLinesAround(rep.logPath, r.sent, 2*time.Second, 6) {
-					fmt.Printf("    r%d log: %s\n", rep.index, l)
-				}
-			}
-		}
-	}
-	fmt.Printf("\nunexpected_answers=%d (not acceptable for their phase, not wrong 200s)\n", v.unexpected)
-	fmt.Printf("documented_local_outage_replays=%d\n", len(v.exceptions))
-	fmt.Printf("wrong_200s=%d\n", len(v.wrong))
-
-	if len(v.wrong) == 0 && !o.keep && !interrupted {
-		_ = os.RemoveAll(dir)
-	} else {
-		fmt.Fprintf(os.Stderr, "run directory kept: %s\n", dir)
-	}
-	if interrupted {
-		return 2
-	}
-	if len(v.wrong) > 0 {
-		return 1
-	}
-	return 0
+	res.outs, res.spans = fl.snapshot()
+	return res, nil
 }
 
 // phaseNames lists the schedule's phases.

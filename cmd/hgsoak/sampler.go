@@ -31,7 +31,7 @@ func sampleLoop(ctx context.Context, start time.Time, reps []*replica, out [][]s
 	defer t.Stop()
 	take := func() {
 		for i, r := range reps {
-			out[i] = append(out[i], sample{at: time.Since(start), rssKB: rssKB(r.proc.pid()), goroutines: goroutines(hc, r.admin)})
+			out[i] = append(out[i], sample{at: time.Since(start), rssKB: rssKB(r.proc.Pid()), goroutines: goroutines(hc, r.admin)})
 		}
 	}
 	take()
