@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,5 +170,33 @@ func TestKillGroup(t *testing.T) {
 	var ee *exec.ExitError
 	if p.Alive() || !errors.As(p.ExitErr(), &ee) {
 		t.Fatalf("after Kill: alive %v, exit %v", p.Alive(), p.ExitErr())
+	}
+}
+
+// FreeAddr hands out loopback ports below the kernel's ephemeral range,
+// never the same one twice.
+func TestFreeAddrBelowEphemeralRange(t *testing.T) {
+	lo, hi := belowEphemeral()
+	if hi <= lo {
+		t.Skip("no /proc/sys/net/ipv4/ip_local_port_range on this system")
+	}
+	seen := map[string]bool{}
+	for range 50 {
+		addr, err := FreeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || host != "127.0.0.1" {
+			t.Fatalf("FreeAddr() = %q, %v", addr, err)
+		}
+		p, _ := strconv.Atoi(port)
+		if p < lo || p >= hi {
+			t.Errorf("port %d outside [%d, %d)", p, lo, hi)
+		}
+		if seen[addr] {
+			t.Errorf("%s handed out twice", addr)
+		}
+		seen[addr] = true
 	}
 }
