@@ -50,10 +50,13 @@ func testRedis(tb testing.TB) redis.UniversalClient {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	// Generous timeouts: these tests are about what the stores do with
+	// Redis's answers, and a starved test machine can miss the gateway's
+	// 200 ms read timeout without Redis being gone. The tests of timeouts
+	// make them with hooks (timeoutOnceHook, gateHook), not with a clock.
+	opts.ReadTimeout, opts.WriteTimeout = 5*time.Second, 5*time.Second
 	c := redis.NewUniversalClient(opts)
 	tb.Cleanup(func() { _ = c.Close() })
-	// A few tries: the client's read timeout is the gateway's (200 ms), which
-	// a starved machine can miss once without Redis being gone.
 	var err2 error
 	for range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
