@@ -5,13 +5,13 @@ package authz
 const ReasonOK = "ok"
 
 // ReasonInfo documents one reason code: the value of Error.Reason (or of an
-// allow decision), the denial Kind it comes with (0 for an allow reason) and
+// allow decision), the DenialClass it comes with (0 for an allow reason) and
 // what it means. The list is closed: reason codes are metric labels and audit
 // fields, and every one is documented in docs/checks-and-responses.md, "Reason codes" (a
 // test compares the two, and another compares this list with the code).
 type ReasonInfo struct {
 	Code    string
-	Kind    Kind
+	Class   DenialClass
 	Meaning string
 }
 

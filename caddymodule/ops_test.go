@@ -258,14 +258,14 @@ func TestAuditEveryReason(t *testing.T) {
 	for _, r0 := range authz.DenialReasons() {
 		t.Run(r0.Code, func(t *testing.T) {
 			audit.TakeAll()
-			h.auditDenial(ctx, r, &authz.Error{Kind: r0.Kind, Reason: r0.Code, Description: "d", Err: errors.New("cause")})
-			h.auditDenial(ctx, r, &authz.Error{Kind: r0.Kind, Reason: r0.Code, Description: "d", Caller: caller})
+			h.auditDenial(ctx, r, &authz.Error{Class: r0.Class, Reason: r0.Code, Description: "d", Err: errors.New("cause")})
+			h.auditDenial(ctx, r, &authz.Error{Class: r0.Class, Reason: r0.Code, Description: "d", Caller: caller})
 			entries := audit.TakeAll()
 			if len(entries) != 2 {
 				t.Fatalf("want two entries, got %d", len(entries))
 			}
-			check(t, entries[0], "deny", r0.Code, testService, status(r0.Kind), false)
-			check(t, entries[1], "deny", r0.Code, testService, status(r0.Kind), true)
+			check(t, entries[0], "deny", r0.Code, testService, status(r0.Class), false)
+			check(t, entries[1], "deny", r0.Code, testService, status(r0.Class), true)
 		})
 	}
 }
@@ -387,7 +387,7 @@ func TestOperationsDocListsEveryReason(t *testing.T) {
 		want[r.Code] = []string{"allow", "upstream's"}
 	}
 	for _, r := range authz.DenialReasons() {
-		want[r.Code] = []string{outcomeOf(r.Kind), strconv.Itoa(status(r.Kind))}
+		want[r.Code] = []string{outcomeOf(r.Class), strconv.Itoa(status(r.Class))}
 	}
 	var missing, extra []string
 	for code, w := range want {
