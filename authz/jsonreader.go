@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+
+	"github.com/helsegate/helsegate/internal/strictjson"
 )
 
 // jsonReader is the one strict JSON (RFC 8259) reader of the claims the
@@ -37,16 +39,7 @@ var (
 const maxJSONDepth = 64
 
 // space skips insignificant whitespace.
-func (p *jsonReader) space() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
-		case ' ', '\t', '\n', '\r':
-			p.i++
-		default:
-			return
-		}
-	}
-}
+func (p *jsonReader) space() { p.i = strictjson.SkipSpace(p.b, p.i) }
 
 // take consumes c if it is next.
 func (p *jsonReader) take(c byte) bool {
