@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"time"
@@ -98,9 +99,9 @@ var (
 func findClaim(b []byte, name string) (raw []byte, found bool, err error) {
 	p := jsonReader{b: b}
 	seen := false
-	err = p.forEachMember(func(key string) error {
+	err = p.forEachMember(func(key []byte) error {
 		switch {
-		case key == name:
+		case string(key) == name:
 			if seen {
 				return errAttestClaim
 			}
@@ -114,7 +115,7 @@ func findClaim(b []byte, name string) (raw []byte, found bool, err error) {
 			}
 			raw, found = p.b[start:p.i], true
 			return nil
-		case strings.EqualFold(key, name):
+		case bytes.EqualFold(key, []byte(name)):
 			return errAttestClaim
 		}
 		return p.skipValue(2)
