@@ -50,18 +50,14 @@ type checkedProof struct {
 // has passed every check up to the key binding. The signature, the claims and
 // everything else are checked on every proof.
 func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget, now time.Time) (checkedProof, *Error) {
+	// Step 2: a compact JWS of a sane size.
 	seg, derr := splitProof(proof)
 	if derr != nil {
 		return checkedProof{}, derr
 	}
-	sigBuf := sigBuffers.Get().(*[maxSignatureSize]byte)
-	defer sigBuffers.Put(sigBuf)
+	// Steps 4 to 7: the header and the signature by its key.
 	var small [512]byte
-	sig, payload, derr := seg.decode(sigBuf, small[:0])
-	if derr != nil {
-		return checkedProof{}, derr
-	}
-	ph, cached, derr := v.checkProofSignature(&seg, sig)
+	payload, ph, cached, derr := v.checkProofSignature(&seg, small[:0])
 	if derr != nil {
 		return checkedProof{}, derr
 	}
@@ -70,6 +66,7 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	if err != nil {
 		return checkedProof{}, denyErr(InvalidProof, "proof_claims", "the DPoP proof claims are malformed", err)
 	}
+	// Steps 8 to 12: the claims against the request, the token and the key.
 	nonceAge, derr := v.checkProofClaims(&c, &t, ph.jkt, now)
 	if derr != nil {
 		return checkedProof{}, derr
@@ -83,6 +80,7 @@ func (v *Verifier) verifyProof(ctx context.Context, proof string, t proofTarget,
 	// method, c would leak, and with it the payload its claims point into,
 	// whose 512-byte buffer then moved to the heap on every request.
 	iat := time.Unix(c.IAT.Unix(), int64(c.IAT.Nanosecond()))
+	// Replay, last (recordProof).
 	if derr := v.recordProof(ctx, ph.jkt, c.JTI.V, iat); derr != nil {
 		return checkedProof{}, derr
 	}
@@ -117,7 +115,7 @@ func splitProof(proof string) (proofSegments, *Error) {
 	return s, nil
 }
 
-// decode is the rest of step 2: it decodes the signature into sigBuf and the
+// decode is the end of step 2: it decodes the signature into sigBuf and the
 // payload onto the end of payload, a buffer of the caller's (a new one when
 // it is too small), and returns both.
 func (s *proofSegments) decode(sigBuf *[maxSignatureSize]byte, payload []byte) (sig, claims []byte, derr *Error) {
@@ -136,22 +134,30 @@ func (s *proofSegments) decode(sigBuf *[maxSignatureSize]byte, payload []byte) (
 }
 
 // checkProofSignature is steps 4 to 7: the header and the signature by its
-// key. cached reports whether the header came from the cache.
-func (v *Verifier) checkProofSignature(s *proofSegments, sig []byte) (ph *proofHeader, cached bool, derr *Error) {
+// key. It decodes the signature and the payload (the payload onto the end of
+// payload, a buffer of the caller's) and returns the payload; cached reports
+// whether the header came from the cache.
+func (v *Verifier) checkProofSignature(s *proofSegments, payload []byte) (claims []byte, ph *proofHeader, cached bool, derr *Error) {
+	sigBuf := sigBuffers.Get().(*[maxSignatureSize]byte)
+	defer sigBuffers.Put(sigBuf)
+	sig, payload, derr := s.decode(sigBuf, payload)
+	if derr != nil {
+		return nil, nil, false, derr
+	}
 	// Steps 4, 5 and 7: the header (typ, alg, crit, jwk), from the cache or
 	// checked now.
 	ph, cached = v.proofHeaders.get(s.header)
 	if !cached {
 		if ph, derr = v.parseProofHeader(s.header); derr != nil {
-			return nil, false, derr
+			return nil, nil, false, derr
 		}
 	}
 	// Step 6: the signature verifies with the public key in jwk. The signing
 	// input is the proof's own bytes, read in place: the verifiers only hash it.
 	if err := ph.verifier.Verify(readOnlyBytes(s.signed), sig, ph.raw); err != nil {
-		return nil, false, denyErr(InvalidProof, "proof_signature", "the DPoP proof signature is invalid", err)
+		return nil, nil, false, denyErr(InvalidProof, "proof_signature", "the DPoP proof signature is invalid", err)
 	}
-	return ph, cached, nil
+	return payload, ph, cached, nil
 }
 
 // checkProofClaims is the rest of step 3 and steps 8 to 12 on the claims of
@@ -174,6 +180,7 @@ func (v *Verifier) checkProofClaims(c *proofClaims, t *proofTarget, jkt string, 
 	if !t.htu.matches(c.HTU.V) {
 		return 0, deny(InvalidProof, "proof_htu", "the DPoP proof URI does not match the request")
 	}
+	// Step 10: the nonce; step 11: iat.
 	nonceAge, derr := v.checkNonce(c.Nonce, now)
 	if derr != nil {
 		return 0, derr
