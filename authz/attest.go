@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"time"
@@ -98,9 +99,9 @@ var (
 func findClaim(b []byte, name string) (raw []byte, found bool, err error) {
 	p := jsonReader{b: b}
 	seen := false
-	err = p.forEachMember(func(key string) error {
+	err = p.forEachMember(func(key []byte) error {
 		switch {
-		case key == name:
+		case string(key) == name:
 			if seen {
 				return errAttestClaim
 			}
@@ -114,16 +115,13 @@ func findClaim(b []byte, name string) (raw []byte, found bool, err error) {
 			}
 			raw, found = p.b[start:p.i], true
 			return nil
-		case strings.EqualFold(key, name):
+		case bytes.EqualFold(key, []byte(name)):
 			return errAttestClaim
 		}
 		return p.skipValue(2)
 	})
-	if err == nil {
-		p.space()
-		if p.i != len(p.b) {
-			err = errClaimsSyntax
-		}
+	if err == nil && !p.atEnd() {
+		err = errClaimsSyntax
 	}
 	return raw, found, err
 }
@@ -162,7 +160,7 @@ func parseAttest(raw []byte) (attestDoc, error) {
 	}
 	p := jsonReader{b: b}
 	p.space()
-	if p.i >= len(p.b) || p.b[p.i] != '{' {
+	if !p.at('{') {
 		return d, errAttestNotObject
 	}
 	if err := p.attestBody(&d, true); err != nil {
@@ -171,8 +169,7 @@ func parseAttest(raw []byte) (attestDoc, error) {
 	if d.hasWrapper && d.partsAtTop {
 		return d, errAttestSplit
 	}
-	p.space()
-	if p.i != len(p.b) {
+	if !p.atEnd() {
 		return d, errAttestNotObject
 	}
 	return d, nil
@@ -197,7 +194,7 @@ func (p *jsonReader) attestBody(d *attestDoc, top bool) error {
 			if err := once(&d.hasWrapper); err != nil {
 				return err
 			}
-			if p.i >= len(p.b) || p.b[p.i] != '{' {
+			if !p.at('{') {
 				return p.skipWrongType()
 			}
 			return p.attestBody(d, false)
@@ -217,7 +214,7 @@ func (p *jsonReader) attestBody(d *attestDoc, top bool) error {
 			if err := once(&d.hasPatients); err != nil {
 				return err
 			}
-			if p.i >= len(p.b) || p.b[p.i] != '[' {
+			if !p.at('[') {
 				return p.skipWrongType()
 			}
 		}
@@ -370,7 +367,7 @@ func (p *jsonReader) attestText(dst *string, seen *bool) error {
 	if p.literal("null") {
 		return nil
 	}
-	if p.i >= len(p.b) || p.b[p.i] != '"' {
+	if !p.at('"') {
 		return p.skipWrongType()
 	}
 	v, err := p.str()
@@ -382,118 +379,6 @@ func (p *jsonReader) attestText(dst *string, seen *bool) error {
 	}
 	*dst = string(v)
 	return nil
-}
-
-// skipWrongType skips the value (checking its syntax) and reports a type error.
-func (p *jsonReader) skipWrongType() error {
-	if err := p.skipValue(2); err != nil {
-		return err
-	}
-	return errClaimsType
-}
-
-// knownObject reads an object value (or null, for "absent") with
-// knownMembers.
-func (p *jsonReader) knownObject(known []string, fn func(name string) error) error {
-	if p.literal("null") {
-		return nil
-	}
-	if p.i >= len(p.b) || p.b[p.i] != '{' {
-		return p.skipWrongType()
-	}
-	return p.knownMembers(known, fn)
-}
-
-// knownMembers reads an object whose members named in known (at most 64)
-// are read by fn, which consumes the value; a known member given twice is
-// refused, and so is a name that equals a known one but for case. Another
-// member is skipped.
-func (p *jsonReader) knownMembers(known []string, fn func(name string) error) error {
-	var seen uint64
-	return p.forEachMember(func(name string) error {
-		for i, k := range known {
-			if name == k {
-				if seen&(1<<i) != 0 {
-					return errClaimsDuplicate
-				}
-				seen |= 1 << i
-				return fn(name)
-			}
-		}
-		for _, k := range known {
-			if strings.EqualFold(name, k) {
-				return errAttestCase
-			}
-		}
-		return p.skipValue(2)
-	})
-}
-
-// forEachMember reads an object, calling fn with each member's name with the
-// reader at the value, which fn consumes.
-func (p *jsonReader) forEachMember(fn func(name string) error) error {
-	p.space()
-	if !p.take('{') {
-		return errClaimsNotObject
-	}
-	p.space()
-	if p.take('}') {
-		return nil
-	}
-	for {
-		p.space()
-		name, err := p.key()
-		if err != nil {
-			return err
-		}
-		p.space()
-		if !p.take(':') {
-			return errClaimsSyntax
-		}
-		p.space()
-		if err := fn(string(name)); err != nil {
-			return err
-		}
-		p.space()
-		if p.take(',') {
-			continue
-		}
-		if p.take('}') {
-			return nil
-		}
-		return errClaimsSyntax
-	}
-}
-
-// jsonDepth returns the deepest nesting of arrays and objects in the JSON
-// text b, stopping early once it passes limit; ok is false when the brackets
-// do not balance. Strings are skipped, escapes included.
-func jsonDepth(b []byte, limit int) (depth int, ok bool) {
-	cur := 0
-	for i := 0; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					i++
-				}
-			}
-		case '{', '[':
-			cur++
-			if cur > depth {
-				depth = cur
-				if depth > limit {
-					return depth, true
-				}
-			}
-		case '}', ']':
-			cur--
-			if cur < 0 {
-				return depth, false
-			}
-		}
-	}
-	return depth, cur == 0
 }
 
 // checkAttest is step 4a: the trust framework's attest, when the route reads

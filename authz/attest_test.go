@@ -116,29 +116,29 @@ func TestAttestRules(t *testing.T) {
 		{name: "toa without the wrapper", cfg: attestOn(AttestRequired), req: withToken(userAttest(set(goodAttest(), "toa", testNow.Unix())))},
 
 		// Required, optional, off.
-		{name: "required and absent", cfg: attestOn(AttestRequired), req: withToken(userAttest(nil)), kind: InsufficientScope, reason: "attest_missing"},
-		{name: "required and null", cfg: attestOn(AttestRequired), req: withToken(userAttest(json.RawMessage("null"))), kind: InsufficientScope, reason: "attest_missing"},
+		{name: "required and absent", cfg: attestOn(AttestRequired), req: withToken(userAttest(nil)), class: InsufficientScope, reason: "attest_missing"},
+		{name: "required and null", cfg: attestOn(AttestRequired), req: withToken(userAttest(json.RawMessage("null"))), class: InsufficientScope, reason: "attest_missing"},
 		{name: "optional and absent", cfg: attestOn(AttestOptional), req: withToken(userAttest(nil))},
 		{name: "optional and absent on a machine token", cfg: attestOn(AttestOptional), req: withToken(nil)},
 		{name: "optional validates what is present", cfg: attestOn(AttestOptional),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.id", "01010112345"))), kind: InvalidToken, reason: "attest_not_caller"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.id", "01010112345"))), class: InvalidToken, reason: "attest_not_caller"},
 		{name: "off: not read", req: withToken(userAttest(json.RawMessage(`"not an attest"`)))},
 
 		// ATT-9: a user token at security level 4.
 		{name: "ATT-9 machine token", cfg: attestOn(AttestRequired),
-			req: withToken(func(h, c map[string]any) { c[ClaimAttest] = goodAttest() }), kind: InsufficientScope, reason: "attest_not_user"},
+			req: withToken(func(h, c map[string]any) { c[ClaimAttest] = goodAttest() }), class: InsufficientScope, reason: "attest_not_user"},
 		{name: "ATT-9 level 3", cfg: attestOn(AttestRequired),
-			req: withToken(func(h, c map[string]any) { userAttest(goodAttest())(h, c); c[ClaimSecurityLevel] = "3" }), kind: InsufficientScope, reason: "attest_security_level"},
+			req: withToken(func(h, c map[string]any) { userAttest(goodAttest())(h, c); c[ClaimSecurityLevel] = "3" }), class: InsufficientScope, reason: "attest_security_level"},
 		{name: "ATT-9 no level", cfg: attestOn(AttestRequired),
-			req: withToken(func(h, c map[string]any) { userAttest(goodAttest())(h, c); delete(c, ClaimSecurityLevel) }), kind: InsufficientScope, reason: "attest_security_level"},
+			req: withToken(func(h, c map[string]any) { userAttest(goodAttest())(h, c); delete(c, ClaimSecurityLevel) }), class: InsufficientScope, reason: "attest_security_level"},
 
 		// ATT-11: the practitioner is the caller.
 		{name: "ATT-11 another person", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.id", "01010112345"))), kind: InvalidToken, reason: "attest_not_caller"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.id", "01010112345"))), class: InvalidToken, reason: "attest_not_caller"},
 		{name: "ATT-11 no identifier id", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.id", nil))), kind: InvalidToken, reason: "attest_not_caller"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.id", nil))), class: InvalidToken, reason: "attest_not_caller"},
 		{name: "ATT-11 no practitioner", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner", nil))), kind: InvalidToken, reason: "attest_not_caller"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner", nil))), class: InvalidToken, reason: "attest_not_caller"},
 
 		// ATT-10: an F- or D-number.
 		{name: "ATT-10 D-number", cfg: attestOn(AttestRequired),
@@ -146,17 +146,17 @@ func TestAttestRules(t *testing.T) {
 		{name: "ATT-10 bare OID", cfg: attestOn(AttestRequired),
 			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.system", oidFNumber)))},
 		{name: "ATT-10 HPR system", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.system", "urn:oid:2.16.578.1.12.4.1.4.4"))), kind: InvalidToken, reason: "attest_identifier_system"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.system", "urn:oid:2.16.578.1.12.4.1.4.4"))), class: InvalidToken, reason: "attest_identifier_system"},
 		{name: "ATT-10 no system", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.system", nil))), kind: InvalidToken, reason: "attest_identifier_system"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.identifier.system", nil))), class: InvalidToken, reason: "attest_identifier_system"},
 
 		// Org numbers, and the legal entity is the token's.
 		{name: "legal entity fails mod 11", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.legal_entity.id", "917897469"))), kind: InvalidToken, reason: "attest_org_invalid"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.legal_entity.id", "917897469"))), class: InvalidToken, reason: "attest_org_invalid"},
 		{name: "point of care not 9 digits", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.point_of_care.id", "92273404"))), kind: InvalidToken, reason: "attest_org_invalid"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.point_of_care.id", "92273404"))), class: InvalidToken, reason: "attest_org_invalid"},
 		{name: "legal entity is not orgnr_parent", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "practitioner.legal_entity.id", attestOtherOrg))), kind: InvalidToken, reason: "attest_org_mismatch"},
+			req: withToken(userAttest(set(goodAttest(), "practitioner.legal_entity.id", attestOtherOrg))), class: InvalidToken, reason: "attest_org_mismatch"},
 		{name: "legal entity without orgnr_parent", cfg: attestOn(AttestRequired),
 			req: withToken(func(h, c map[string]any) {
 				userAttest(set(goodAttest(), "practitioner.legal_entity.id", attestOtherOrg))(h, c)
@@ -166,17 +166,17 @@ func TestAttestRules(t *testing.T) {
 
 		// ATT-58: toa not older than attest_max_age, with clock_skew.
 		{name: "ATT-58 61 minutes", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(wrapped(goodAttest(), old))), kind: InvalidToken, reason: "attestation_has_expired"},
+			req: withToken(userAttest(wrapped(goodAttest(), old))), class: InvalidToken, reason: "attestation_has_expired"},
 		{name: "ATT-58 60 minutes and the skew", cfg: attestOn(AttestRequired),
 			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(-60*time.Minute-DefaultClockSkew))))},
 		{name: "ATT-58 just past the skew", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(-60*time.Minute-DefaultClockSkew-time.Second)))), kind: InvalidToken, reason: "attestation_has_expired"},
+			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(-60*time.Minute-DefaultClockSkew-time.Second)))), class: InvalidToken, reason: "attestation_has_expired"},
 		{name: "ATT-58 attest_max_age narrowed", cfg: func(c *Config) { c.Attest = AttestRequired; c.AttestMaxAge = 5 * time.Minute },
-			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(-6*time.Minute)))), kind: InvalidToken, reason: "attestation_has_expired"},
+			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(-6*time.Minute)))), class: InvalidToken, reason: "attestation_has_expired"},
 		{name: "ATT-58 string encoding", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(asString(t, wrapped(goodAttest(), old)))), kind: InvalidToken, reason: "attestation_has_expired"},
+			req: withToken(userAttest(asString(t, wrapped(goodAttest(), old)))), class: InvalidToken, reason: "attestation_has_expired"},
 		{name: "toa in the future", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(time.Minute)))), kind: InvalidToken, reason: "attest_toa_future"},
+			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(time.Minute)))), class: InvalidToken, reason: "attest_toa_future"},
 		{name: "toa within the skew ahead", cfg: attestOn(AttestRequired),
 			req: withToken(userAttest(wrapped(goodAttest(), testNow.Add(DefaultClockSkew))))},
 
@@ -184,29 +184,29 @@ func TestAttestRules(t *testing.T) {
 		{name: "purpose BTG by default", cfg: attestOn(AttestRequired),
 			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use.code", "BTG")))},
 		{name: "purpose not accepted", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use.code", "HRESCH"))), kind: InsufficientScope, reason: "attest_purpose"},
+			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use.code", "HRESCH"))), class: InsufficientScope, reason: "attest_purpose"},
 		{name: "purpose narrowed", cfg: func(c *Config) { c.Attest = AttestRequired; c.Purposes = []string{"ETREAT", "BTG"} },
-			req: withToken(userAttest(goodAttest())), kind: InsufficientScope, reason: "attest_purpose"},
+			req: withToken(userAttest(goodAttest())), class: InsufficientScope, reason: "attest_purpose"},
 		{name: "purpose narrowed, accepted", cfg: func(c *Config) { c.Attest = AttestRequired; c.Purposes = []string{"ETREAT", "BTG"} },
 			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use.code", "ETREAT")))},
 		{name: "purpose absent", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use", nil))), kind: InsufficientScope, reason: "attest_purpose"},
+			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use", nil))), class: InsufficientScope, reason: "attest_purpose"},
 		{name: "purpose is case-sensitive", cfg: attestOn(AttestRequired),
-			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use.code", "treat"))), kind: InsufficientScope, reason: "attest_purpose"},
+			req: withToken(userAttest(set(goodAttest(), "care_relationship.purpose_of_use.code", "treat"))), class: InsufficientScope, reason: "attest_purpose"},
 
 		// Strict reading, through the verifier.
-		{name: "malformed: a number", cfg: attestOn(AttestRequired), req: withToken(userAttest(42)), kind: InvalidToken, reason: "attest_malformed"},
-		{name: "malformed: an array", cfg: attestOn(AttestRequired), req: withToken(userAttest([]any{goodAttest()})), kind: InvalidToken, reason: "attest_malformed"},
-		{name: "malformed: a string of garbage", cfg: attestOn(AttestOptional), req: withToken(userAttest("{not json")), kind: InvalidToken, reason: "attest_malformed"},
+		{name: "malformed: a number", cfg: attestOn(AttestRequired), req: withToken(userAttest(42)), class: InvalidToken, reason: "attest_malformed"},
+		{name: "malformed: an array", cfg: attestOn(AttestRequired), req: withToken(userAttest([]any{goodAttest()})), class: InvalidToken, reason: "attest_malformed"},
+		{name: "malformed: a string of garbage", cfg: attestOn(AttestOptional), req: withToken(userAttest("{not json")), class: InvalidToken, reason: "attest_malformed"},
 		// A duplicate anywhere in the token is refused by the strict claims
 		// reader before the attest is read.
 		{name: "malformed: claim twice", cfg: attestOn(AttestRequired),
-			req: rawPayload(`"` + ClaimAttest + `":{},"` + ClaimAttest + `":` + asString(t, goodAttest())), kind: InvalidToken, reason: "token_claims"},
+			req: rawPayload(`"` + ClaimAttest + `":{},"` + ClaimAttest + `":` + asString(t, goodAttest())), class: InvalidToken, reason: "token_claims"},
 		{name: "malformed: claim in another case", cfg: attestOn(AttestOptional),
-			req: rawPayload(`"NHN:tillitsrammeverk:parameters":{}`), kind: InvalidToken, reason: "attest_malformed"},
+			req: rawPayload(`"NHN:tillitsrammeverk:parameters":{}`), class: InvalidToken, reason: "attest_malformed"},
 		{name: "malformed: a duplicate member", cfg: attestOn(AttestRequired),
-			req:  rawPayload(`"` + ClaimAttest + `":` + strings.Replace(asString(t, goodAttest()), `"id":"`+attestPID+`"`, `"id":"`+attestPID+`","id":"01010112345"`, 1)),
-			kind: InvalidToken, reason: "token_claims"},
+			req:   rawPayload(`"` + ClaimAttest + `":` + strings.Replace(asString(t, goodAttest()), `"id":"`+attestPID+`"`, `"id":"`+attestPID+`","id":"01010112345"`, 1)),
+			class: InvalidToken, reason: "token_claims"},
 		{name: "the claim read from raw text", cfg: attestOn(AttestRequired), req: rawPayload(`"` + ClaimAttest + `":` + asString(t, goodAttest()))},
 	})
 }

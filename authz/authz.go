@@ -4,7 +4,7 @@
 //
 // The checks run in this order: request framing, access token, DPoP proof,
 // token kind and user policy, the trust-framework attest, membership. The first failing check stops the request with an *Error that
-// says which class of failure it is (Kind) and why (Reason).
+// says which class of failure it is (DenialClass) and why (Reason).
 package authz
 
 import (

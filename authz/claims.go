@@ -9,21 +9,10 @@ import (
 	"time"
 )
 
-// HelseID claim names, as HelseID's access tokens carry them.
-const (
-	ClaimPID            = "helseid://claims/identity/pid"
-	ClaimSecurityLevel  = "helseid://claims/identity/security_level"
-	ClaimHPRNumber      = "helseid://claims/hpr/hpr_number"
-	ClaimOrgParent      = "helseid://claims/client/claims/orgnr_parent"
-	ClaimOrgChild       = "helseid://claims/client/claims/orgnr_child"
-	ClaimOrgSupplier    = "helseid://claims/client/claims/orgnr_supplier"
-	ClaimClientTenancy  = "helseid://claims/client/client_tenancy"
-	ClaimAssuranceLevel = "helseid://claims/identity/assurance_level"
-)
-
 // accessClaims is the payload of an access token as far as the gateway reads
-// it. Decoding is strict about types: a claim of the wrong JSON type fails the
-// whole token instead of being read as empty.
+// it, HelseID's claims by the names HelseID's tokens carry. Decoding is
+// strict about types: a claim of the wrong JSON type fails the whole token
+// instead of being read as empty.
 type accessClaims struct {
 	Iss            string       `json:"iss"`
 	Aud            stringList   `json:"aud"`

@@ -117,6 +117,29 @@ func (c Config) withDefaults() Config {
 // Validate reports the first thing wrong with c, without touching the network.
 func (c Config) Validate() error {
 	c = c.withDefaults()
+	if err := c.validateIssuer(); err != nil {
+		return err
+	}
+	if c.Audience == "" {
+		return errors.New("audience is required")
+	}
+	if err := c.validateAlgorithms(); err != nil {
+		return err
+	}
+	if err := c.validatePolicy(); err != nil {
+		return err
+	}
+	if c.PublicOrigin != "" {
+		if err := CheckOrigin(c.PublicOrigin); err != nil {
+			return err
+		}
+	}
+	return c.validateAttest()
+}
+
+// validateIssuer checks the issuer and the jwks_url override: required and
+// https (CheckURL), and of the declared environment (CheckEnvironment).
+func (c Config) validateIssuer() error {
 	if c.Issuer == "" {
 		return errors.New("issuer is required")
 	}
@@ -132,13 +155,14 @@ func (c Config) Validate() error {
 		return err
 	}
 	if c.JWKSURL != "" {
-		if err := CheckEnvironment(c.Environment, "jwks_url", c.JWKSURL); err != nil {
-			return err
-		}
+		return CheckEnvironment(c.Environment, "jwks_url", c.JWKSURL)
 	}
-	if c.Audience == "" {
-		return errors.New("audience is required")
-	}
+	return nil
+}
+
+// validateAlgorithms checks the algorithms of tokens and proofs
+// (CheckAlgorithm) and the token types.
+func (c Config) validateAlgorithms() error {
 	for _, alg := range c.Algorithms {
 		if err := CheckAlgorithm(alg); err != nil {
 			return fmt.Errorf("algorithms: %w", err)
@@ -154,6 +178,12 @@ func (c Config) Validate() error {
 			return errors.New("token_types: empty type")
 		}
 	}
+	return nil
+}
+
+// validatePolicy checks the durations, the DPoP mode, the token kind and
+// the minimum security level.
+func (c Config) validatePolicy() error {
 	if c.ClockSkew < 0 || c.DPoPMaxAge < 0 || c.DPoPFutureSkew < 0 {
 		return errors.New("durations must not be negative")
 	}
@@ -170,12 +200,7 @@ func (c Config) Validate() error {
 	if c.MinSecurityLevel < 0 || c.MinSecurityLevel > 4 {
 		return fmt.Errorf("min_security_level must be 1 to 4, not %d", c.MinSecurityLevel)
 	}
-	if c.PublicOrigin != "" {
-		if err := CheckOrigin(c.PublicOrigin); err != nil {
-			return err
-		}
-	}
-	return c.validateAttest()
+	return nil
 }
 
 // validateAttest checks the attest settings: a mode, a non-negative age, and

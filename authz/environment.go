@@ -23,13 +23,8 @@ const (
 	EnvTest Environment = "test"
 )
 
-// HelseID's issuers, exactly as the iss claim carries them.
-const (
-	ProductionIssuer = "https://helseid-sts.nhn.no"
-	TestIssuer       = "https://helseid-sts.test.nhn.no"
-)
-
-// productionHost is the host of ProductionIssuer.
+// productionHost is the host of HelseID's production issuer,
+// https://helseid-sts.nhn.no.
 const productionHost = "helseid-sts.nhn.no"
 
 // nonProductionDomains are where HelseID's non-production issuers live:

@@ -2,14 +2,14 @@ package authz
 
 import "fmt"
 
-// Kind is the class of a denial. It decides the HTTP status and the
+// DenialClass is the class of a denial. It decides the HTTP status and the
 // WWW-Authenticate challenge; the caller maps it, authz does not
 // know about HTTP responses.
-type Kind int
+type DenialClass int
 
 const (
 	// NoCredentials: the request carries no Authorization header. 401, no error code.
-	NoCredentials Kind = iota + 1
+	NoCredentials DenialClass = iota + 1
 	// InvalidRequest: the request is malformed (two Authorization or DPoP
 	// headers, a token in the query). 400 invalid_request.
 	InvalidRequest
@@ -35,7 +35,7 @@ const (
 // underlying cause for debug logs only: it may hold library messages but never
 // secrets either.
 type Error struct {
-	Kind        Kind
+	Class       DenialClass
 	Reason      string
 	Description string
 	Err         error
@@ -55,10 +55,10 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-func deny(kind Kind, reason, description string) *Error {
-	return &Error{Kind: kind, Reason: reason, Description: description}
+func deny(class DenialClass, reason, description string) *Error {
+	return &Error{Class: class, Reason: reason, Description: description}
 }
 
-func denyErr(kind Kind, reason, description string, err error) *Error {
-	return &Error{Kind: kind, Reason: reason, Description: description, Err: err}
+func denyErr(class DenialClass, reason, description string, err error) *Error {
+	return &Error{Class: class, Reason: reason, Description: description, Err: err}
 }

@@ -249,7 +249,7 @@ func (f *fixture) request(token, proof string) Request {
 }
 
 // check runs Verify and compares the outcome with the wanted reason ("" = allowed).
-func (f *fixture) check(t *testing.T, r Request, kind Kind, reason string) *Principal {
+func (f *fixture) check(t *testing.T, r Request, class DenialClass, reason string) *Principal {
 	t.Helper()
 	p, derr := f.v.Verify(context.Background(), r)
 	if reason == "" {
@@ -261,8 +261,8 @@ func (f *fixture) check(t *testing.T, r Request, kind Kind, reason string) *Prin
 	if derr == nil {
 		t.Fatalf("want %s, got allowed", reason)
 	}
-	if derr.Reason != reason || derr.Kind != kind {
-		t.Fatalf("want kind %d reason %s, got kind %d: %v", kind, reason, derr.Kind, derr)
+	if derr.Reason != reason || derr.Class != class {
+		t.Fatalf("want class %d reason %s, got class %d: %v", class, reason, derr.Class, derr)
 	}
 	return nil
 }

@@ -97,7 +97,7 @@ func TestMembershipCheck(t *testing.T) {
 		rule   OrgRule
 		p      *Principal
 		err    error
-		kind   Kind
+		class  DenialClass
 		reason string
 	}{
 		{"parent member", OrgParent, p("917897468", ""), nil, 0, ""},
@@ -121,8 +121,8 @@ func TestMembershipCheck(t *testing.T) {
 				}
 				return
 			}
-			if derr == nil || derr.Kind != tc.kind || derr.Reason != tc.reason {
-				t.Fatalf("want %d %s, got %v", tc.kind, tc.reason, derr)
+			if derr == nil || derr.Class != tc.class || derr.Reason != tc.reason {
+				t.Fatalf("want %d %s, got %v", tc.class, tc.reason, derr)
 			}
 			if tc.reason == ReasonInvalidOrg || tc.reason == ReasonNoOrg {
 				if len(src.asked) != 0 {

@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"encoding/json"
 	"errors"
 	"strconv"
 	"time"
@@ -24,185 +23,57 @@ type claimString struct {
 	Present bool
 }
 
-// Errors of parseProofClaims. They never quote the payload.
-var (
-	errClaimsNotObject = errors.New("the claims are not a JSON object")
-	errClaimsSyntax    = errors.New("the claims are not valid JSON")
-	errClaimsDepth     = errors.New("the claims nest too deeply")
-	errClaimsDuplicate = errors.New("a claim appears twice")
-	errClaimsType      = errors.New("a claim has the wrong JSON type")
-	errClaimsUTF8      = errors.New("a claim is not valid UTF-8")
-	errNumericDate     = errors.New("NumericDate must be a number of seconds in range")
-)
+// errNumericDate is the error of a NumericDate out of range. It never
+// quotes the payload.
+var errNumericDate = errors.New("NumericDate must be a number of seconds in range")
 
-// maxJSONDepth is the deepest nesting of arrays and objects a proof's claims
-// may have; a proof has no nested claims at all, and deeper is refused.
-const maxJSONDepth = 64
-
-// parseProofClaims decodes a proof payload into c. It is a strict JSON
-// reader for the one shape a proof has (an object of claims) that neither
-// reflects nor allocates in the common case: the payload must be exactly one
-// JSON object (RFC 8259); the claims the gateway reads are matched by their
-// exact, case-sensitive names (RFC 7519 §4), may each appear once (RFC 7519
-// §4 lets a parser refuse duplicates, and this one does, so no two readers of
-// the same proof can disagree on its claims) and must be valid UTF-8; any
-// other member is checked for syntax and skipped.
+// parseProofClaims decodes a proof payload into c, with the strict claims
+// reader (jsonReader) and without an allocation in the common case: the
+// payload must be exactly one JSON object (RFC 8259); the claims the gateway
+// reads are matched by their exact, case-sensitive names (RFC 7519 §4), may
+// each appear once (RFC 7519 §4 lets a parser refuse duplicates, and this
+// one does, so no two readers of the same proof can disagree on its claims)
+// and must be valid UTF-8; any other member is checked for syntax and
+// skipped.
 func parseProofClaims(b []byte) (proofClaims, error) {
 	var c proofClaims
 	p := jsonReader{b: b}
-	p.space()
-	if !p.take('{') {
-		return c, errClaimsNotObject
-	}
-	p.space()
-	if !p.take('}') {
-		for {
-			p.space()
-			name, err := p.key()
-			if err != nil {
-				return c, err
-			}
-			p.space()
-			if !p.take(':') {
-				return c, errClaimsSyntax
-			}
-			p.space()
-			switch string(name) {
-			case "jti":
-				c.JTI, err = p.claimString(c.JTI)
-			case "htm":
-				c.HTM, err = p.claimString(c.HTM)
-			case "htu":
-				c.HTU, err = p.claimString(c.HTU)
-			case "ath":
-				c.ATH, err = p.claimString(c.ATH)
-			case "nonce":
-				c.Nonce, err = p.claimString(c.Nonce)
-			case "iat":
-				err = p.numericDate(&c.IAT, &c.HasIAT)
-			default:
-				err = p.skipValue(2)
-			}
-			if err != nil {
-				return c, err
-			}
-			p.space()
-			if p.take(',') {
-				continue
-			}
-			if p.take('}') {
-				break
-			}
-			return c, errClaimsSyntax
+	for first := true; ; first = false {
+		raw, escaped, end, err := p.member(first)
+		if err != nil {
+			return c, err
+		}
+		if end {
+			break
+		}
+		name, err := unescape(raw, escaped)
+		if err != nil {
+			return c, err
+		}
+		switch string(name) {
+		case "jti":
+			c.JTI, err = p.claimString(c.JTI)
+		case "htm":
+			c.HTM, err = p.claimString(c.HTM)
+		case "htu":
+			c.HTU, err = p.claimString(c.HTU)
+		case "ath":
+			c.ATH, err = p.claimString(c.ATH)
+		case "nonce":
+			c.Nonce, err = p.claimString(c.Nonce)
+		case "iat":
+			err = p.numericDate(&c.IAT, &c.HasIAT)
+		default:
+			err = p.skipValue(2)
+		}
+		if err != nil {
+			return c, err
 		}
 	}
-	p.space()
-	if p.i != len(p.b) {
+	if !p.atEnd() {
 		return c, errClaimsSyntax
 	}
 	return c, nil
-}
-
-// jsonReader reads JSON (RFC 8259) from b, starting at i.
-type jsonReader struct {
-	b []byte
-	i int
-}
-
-// space skips insignificant whitespace.
-func (p *jsonReader) space() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
-		case ' ', '\t', '\n', '\r':
-			p.i++
-		default:
-			return
-		}
-	}
-}
-
-// take consumes c if it is next.
-func (p *jsonReader) take(c byte) bool {
-	if p.i < len(p.b) && p.b[p.i] == c {
-		p.i++
-		return true
-	}
-	return false
-}
-
-// literal consumes lit if it is next.
-func (p *jsonReader) literal(lit string) bool {
-	if len(p.b)-p.i >= len(lit) && string(p.b[p.i:p.i+len(lit)]) == lit {
-		p.i += len(lit)
-		return true
-	}
-	return false
-}
-
-// rawString consumes a string and returns what lies between its quotes,
-// and whether that holds an escape. Control characters must be escaped and
-// every escape must be one of RFC 8259 §7.
-func (p *jsonReader) rawString() (raw []byte, escaped bool, err error) {
-	if !p.take('"') {
-		return nil, false, errClaimsSyntax
-	}
-	start := p.i
-	for p.i < len(p.b) {
-		c := p.b[p.i]
-		switch {
-		case c == '"':
-			raw = p.b[start:p.i]
-			p.i++
-			return raw, escaped, nil
-		case c < 0x20:
-			return nil, false, errClaimsSyntax
-		case c == '\\':
-			escaped = true
-			p.i++
-			if p.i >= len(p.b) {
-				return nil, false, errClaimsSyntax
-			}
-			switch p.b[p.i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				p.i++
-			case 'u':
-				if len(p.b)-p.i < 5 || !isHex(p.b[p.i+1]) || !isHex(p.b[p.i+2]) || !isHex(p.b[p.i+3]) || !isHex(p.b[p.i+4]) {
-					return nil, false, errClaimsSyntax
-				}
-				p.i += 5
-			default:
-				return nil, false, errClaimsSyntax
-			}
-		default:
-			p.i++
-		}
-	}
-	return nil, false, errClaimsSyntax
-}
-
-// str consumes a string and returns its value. A string without escapes is
-// returned in place; one with escapes is decoded by encoding/json into a
-// copy (rare: no client escapes a jti or a URI).
-func (p *jsonReader) str() ([]byte, error) {
-	raw, escaped, err := p.rawString()
-	if err != nil || !escaped {
-		return raw, err
-	}
-	quoted := make([]byte, 0, len(raw)+2)
-	quoted = append(append(append(quoted, '"'), raw...), '"')
-	var s string
-	if err := json.Unmarshal(quoted, &s); err != nil {
-		return nil, errClaimsSyntax
-	}
-	return []byte(s), nil
-}
-
-// key reads a member name.
-func (p *jsonReader) key() ([]byte, error) {
-	if p.i >= len(p.b) || p.b[p.i] != '"' {
-		return nil, errClaimsSyntax
-	}
-	return p.str()
 }
 
 // claimString reads the value of a string claim, prev being what was read
@@ -214,7 +85,7 @@ func (p *jsonReader) claimString(prev claimString) (claimString, error) {
 	if p.literal("null") {
 		return prev, nil
 	}
-	if p.i >= len(p.b) || p.b[p.i] != '"' {
+	if !p.at('"') {
 		if err := p.skipValue(2); err != nil {
 			return prev, err
 		}
@@ -278,112 +149,4 @@ func smallInt(num []byte) (int64, bool) {
 		n = n*10 + int64(c-'0')
 	}
 	return n, true
-}
-
-// number consumes a number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-func (p *jsonReader) number() ([]byte, error) {
-	start := p.i
-	p.take('-')
-	switch {
-	case p.take('0'):
-	case p.i < len(p.b) && '1' <= p.b[p.i] && p.b[p.i] <= '9':
-		p.digits()
-	default:
-		return nil, errClaimsSyntax
-	}
-	if p.take('.') && p.digits() == 0 {
-		return nil, errClaimsSyntax
-	}
-	if p.take('e') || p.take('E') {
-		if !p.take('+') {
-			p.take('-')
-		}
-		if p.digits() == 0 {
-			return nil, errClaimsSyntax
-		}
-	}
-	return p.b[start:p.i], nil
-}
-
-// digits consumes decimal digits and returns how many.
-func (p *jsonReader) digits() int {
-	start := p.i
-	for p.i < len(p.b) && '0' <= p.b[p.i] && p.b[p.i] <= '9' {
-		p.i++
-	}
-	return p.i - start
-}
-
-// skipValue consumes any JSON value, checking its syntax. depth is the
-// nesting level the value would open (the claims object is level 1).
-func (p *jsonReader) skipValue(depth int) error {
-	if p.i >= len(p.b) {
-		return errClaimsSyntax
-	}
-	switch c := p.b[p.i]; {
-	case c == '"':
-		_, _, err := p.rawString()
-		return err
-	case c == '{':
-		if depth > maxJSONDepth {
-			return errClaimsDepth
-		}
-		p.i++
-		p.space()
-		if p.take('}') {
-			return nil
-		}
-		for {
-			p.space()
-			if _, _, err := p.rawString(); err != nil {
-				return err
-			}
-			p.space()
-			if !p.take(':') {
-				return errClaimsSyntax
-			}
-			p.space()
-			if err := p.skipValue(depth + 1); err != nil {
-				return err
-			}
-			p.space()
-			if p.take(',') {
-				continue
-			}
-			if p.take('}') {
-				return nil
-			}
-			return errClaimsSyntax
-		}
-	case c == '[':
-		if depth > maxJSONDepth {
-			return errClaimsDepth
-		}
-		p.i++
-		p.space()
-		if p.take(']') {
-			return nil
-		}
-		for {
-			p.space()
-			if err := p.skipValue(depth + 1); err != nil {
-				return err
-			}
-			p.space()
-			if p.take(',') {
-				continue
-			}
-			if p.take(']') {
-				return nil
-			}
-			return errClaimsSyntax
-		}
-	case c == '-' || ('0' <= c && c <= '9'):
-		_, err := p.number()
-		return err
-	case p.literal("true"), p.literal("false"), p.literal("null"):
-		return nil
-	default:
-		return errClaimsSyntax
-	}
 }

@@ -14,7 +14,7 @@ import (
 
 // TestReasonsClosedList reads the package's source and checks that every
 // reason a denial can carry (the second argument of every deny and denyErr
-// call) is in DenialReasons with the same Kind, and that every entry of
+// call) is in DenialReasons with the same DenialClass, and that every entry of
 // DenialReasons is used: a new reason cannot slip in undocumented, and the
 // list of docs/checks-and-responses.md (checked against DenialReasons in
 // caddymodule) stays whole.
@@ -74,17 +74,17 @@ func TestReasonsClosedList(t *testing.T) {
 		return "", false
 	}
 
-	kinds := map[string]Kind{
+	classes := map[string]DenialClass{
 		"NoCredentials": NoCredentials, "InvalidRequest": InvalidRequest, "InvalidToken": InvalidToken,
 		"InvalidProof": InvalidProof, "UseNonce": UseNonce, "InsufficientScope": InsufficientScope,
 		"NotMember": NotMember, "Unavailable": Unavailable,
 	}
-	documented := map[string]Kind{}
+	documented := map[string]DenialClass{}
 	for _, r := range DenialReasons() {
 		if _, dup := documented[r.Code]; dup {
 			t.Errorf("DenialReasons lists %q twice", r.Code)
 		}
-		documented[r.Code] = r.Kind
+		documented[r.Code] = r.Class
 		if r.Meaning == "" {
 			t.Errorf("reason %q has no meaning", r.Code)
 		}
@@ -109,14 +109,14 @@ func TestReasonsClosedList(t *testing.T) {
 			}
 			calls++
 			pos := fset.Position(call.Pos())
-			kindIdent, ok := call.Args[0].(*ast.Ident)
+			classIdent, ok := call.Args[0].(*ast.Ident)
 			if !ok {
-				t.Errorf("%s: the kind of a denial must be a Kind constant", pos)
+				t.Errorf("%s: the class of a denial must be a DenialClass constant", pos)
 				return true
 			}
-			kind, ok := kinds[kindIdent.Name]
+			class, ok := classes[classIdent.Name]
 			if !ok {
-				t.Errorf("%s: unknown kind %s", pos, kindIdent.Name)
+				t.Errorf("%s: unknown class %s", pos, classIdent.Name)
 				return true
 			}
 			var reasons []string
@@ -136,8 +136,8 @@ func TestReasonsClosedList(t *testing.T) {
 				switch {
 				case !ok:
 					t.Errorf("%s: reason %q is not in DenialReasons (authz/reasons.go) nor in docs/checks-and-responses.md, \"Reason codes\"", pos, r)
-				case k != kind:
-					t.Errorf("%s: reason %q comes with kind %s here but DenialReasons says %d", pos, r, kindIdent.Name, k)
+				case k != class:
+					t.Errorf("%s: reason %q comes with class %s here but DenialReasons says %d", pos, r, classIdent.Name, k)
 				}
 			}
 			return true

@@ -24,7 +24,10 @@ type verifiedToken struct {
 	claims accessClaims
 	exp    time.Time
 	nbf    time.Time
-	ath    string // base64url(SHA-256(token)), what a proof's ath must be (RFC 9449 §4.2)
+	// exp plus the clock skew and nbf less it: the bounds of the time
+	// checks, computed once per token (the skew is the verifier's own).
+	expLimit, nbfLimit time.Time
+	ath                string // base64url(SHA-256(token)), what a proof's ath must be (RFC 9449 §4.2)
 	// The trust-framework attest as read, on routes that read it: judged
 	// at step 4a, after the proof, so that a bad attest is not reported
 	// before a bad proof.
@@ -48,11 +51,11 @@ func (v *Verifier) verifyToken(ctx context.Context, token string, hit *verifiedT
 		vt.ath = base64.RawURLEncoding.EncodeToString(sum[:])
 	}
 	// exp is required and checked with the configured leeway (RFC 7519 §4.1.4).
-	if !now.Before(vt.exp.Add(v.cfg.ClockSkew)) {
+	if !now.Before(vt.expLimit) {
 		return nil, ok, deny(InvalidToken, "token_expired", "the access token has expired")
 	}
 	// nbf, when present, must have passed (RFC 7519 §4.1.5).
-	if !vt.nbf.IsZero() && now.Add(v.cfg.ClockSkew).Before(vt.nbf) {
+	if !vt.nbf.IsZero() && now.Before(vt.nbfLimit) {
 		return nil, ok, deny(InvalidToken, "token_not_yet_valid", "the access token is not yet valid")
 	}
 	if !ok {
@@ -64,44 +67,44 @@ func (v *Verifier) verifyToken(ctx context.Context, token string, hit *verifiedT
 // verifyTokenSignature parses the token, checks its header and signature and
 // the claims that do not depend on the time.
 func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*verifiedToken, *Error) {
+	payload, derr := v.verifyTokenJWS(ctx, token)
+	if derr != nil {
+		return nil, derr
+	}
+	vt := &verifiedToken{}
+	c := &vt.claims
+	// Exact member names, none twice: what every other reader of the token reads.
+	if err := strictjson.Unmarshal(payload, c); err != nil {
+		return nil, denyErr(InvalidToken, "token_claims", "the access token claims are malformed", err)
+	}
+	if derr := v.checkTokenClaims(c); derr != nil {
+		return nil, derr
+	}
+	vt.exp = c.Exp.Time
+	vt.expLimit = vt.exp.Add(v.cfg.ClockSkew)
+	if c.Nbf != nil {
+		vt.nbf = c.Nbf.Time
+		vt.nbfLimit = vt.nbf.Add(-v.cfg.ClockSkew)
+	}
+	if v.cfg.Attest != AttestOff {
+		vt.readAttest(payload)
+	}
+	return vt, nil
+}
+
+// verifyTokenJWS checks that the token is a compact JWS whose header the
+// route accepts, signed by the issuer's key it names, and returns its
+// payload.
+func (v *Verifier) verifyTokenJWS(ctx context.Context, token string) ([]byte, *Error) {
 	// Compact JWS only: three segments, no JWE (five), no JSON serialization.
 	if strings.Count(token, ".") != 2 {
 		return nil, deny(InvalidToken, "token_malformed", "the access token is not a compact JWS")
 	}
 	var keyErr *Error
 	provider := jws.KeyProviderFunc(func(ctx context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
-		h := sig.ProtectedHeaders()
-		// typ must be one of the accepted access-token types (RFC 9068 §4 (1), RFC 8725 §3.11).
-		if !containsFold(v.cfg.TokenTypes, h.Type()) {
-			keyErr = deny(InvalidToken, "token_typ", "the access token type is not accepted")
-			return keyErr
-		}
-		// The algorithm is chosen by the configuration, never by the token (RFC 8725 §3.1).
-		alg := h.Algorithm().String()
-		if !contains(v.cfg.Algorithms, alg) {
-			keyErr = deny(InvalidToken, "token_alg", "the access token algorithm is not accepted")
-			return keyErr
-		}
-		if len(h.Critical()) > 0 {
-			keyErr = deny(InvalidToken, "token_malformed", "the access token has critical header parameters")
-			return keyErr
-		}
-		if h.KeyID() == "" {
-			keyErr = deny(InvalidToken, "token_kid", "the access token names no key")
-			return keyErr
-		}
-		key, err := v.keys.Key(ctx, h.KeyID())
-		if errors.Is(err, ErrUnknownKey) {
-			keyErr = deny(InvalidToken, "token_kid", "the access token is signed with an unknown key")
-			return keyErr
-		}
-		if err != nil {
-			keyErr = denyErr(Unavailable, "jwks_unavailable", "the issuer's keys are unavailable", err)
-			return keyErr
-		}
-		// The key must be of the type the algorithm needs, and agree with its own alg.
-		if err := keyFitsAlg(key, alg, maxIssuerRSA); err != nil {
-			keyErr = denyErr(InvalidToken, "token_alg", "the access token algorithm does not fit the issuer's key", err)
+		key, alg, derr := v.tokenKey(ctx, sig.ProtectedHeaders())
+		if derr != nil {
+			keyErr = derr
 			return keyErr
 		}
 		sink.Key(jwa.SignatureAlgorithm(alg), key)
@@ -117,48 +120,72 @@ func (v *Verifier) verifyTokenSignature(ctx context.Context, token string) (*ver
 		}
 		return nil, denyErr(InvalidToken, "token_signature", "the access token signature is invalid", err)
 	}
+	return payload, nil
+}
 
-	vt := &verifiedToken{}
-	c := &vt.claims
-	// Exact member names, none twice: what every other reader of the token reads.
-	if err := strictjson.Unmarshal(payload, c); err != nil {
-		return nil, denyErr(InvalidToken, "token_claims", "the access token claims are malformed", err)
+// tokenKey checks an access token's protected header and returns the
+// issuer's key it names, and the algorithm to verify with.
+func (v *Verifier) tokenKey(ctx context.Context, h jws.Headers) (jwk.Key, string, *Error) {
+	// typ must be one of the accepted access-token types (RFC 9068 §4 (1), RFC 8725 §3.11).
+	if !containsFold(v.cfg.TokenTypes, h.Type()) {
+		return nil, "", deny(InvalidToken, "token_typ", "the access token type is not accepted")
 	}
+	// The algorithm is chosen by the configuration, never by the token (RFC 8725 §3.1).
+	alg := h.Algorithm().String()
+	if !contains(v.cfg.Algorithms, alg) {
+		return nil, "", deny(InvalidToken, "token_alg", "the access token algorithm is not accepted")
+	}
+	if len(h.Critical()) > 0 {
+		return nil, "", deny(InvalidToken, "token_malformed", "the access token has critical header parameters")
+	}
+	if h.KeyID() == "" {
+		return nil, "", deny(InvalidToken, "token_kid", "the access token names no key")
+	}
+	key, err := v.keys.Key(ctx, h.KeyID())
+	if errors.Is(err, ErrUnknownKey) {
+		return nil, "", deny(InvalidToken, "token_kid", "the access token is signed with an unknown key")
+	}
+	if err != nil {
+		return nil, "", denyErr(Unavailable, "jwks_unavailable", "the issuer's keys are unavailable", err)
+	}
+	// The key must be of the type the algorithm needs, and agree with its own alg.
+	if err := keyFitsAlg(key, alg, maxIssuerRSA); err != nil {
+		return nil, "", denyErr(InvalidToken, "token_alg", "the access token algorithm does not fit the issuer's key", err)
+	}
+	return key, alg, nil
+}
+
+// checkTokenClaims checks the claims of a verified token that do not depend
+// on the time, in the order of RFC 9068 §4.
+func (v *Verifier) checkTokenClaims(c *accessClaims) *Error {
 	// iss must equal the configured issuer exactly (RFC 9068 §4 (3)).
 	if c.Iss != v.cfg.Issuer {
-		return nil, deny(InvalidToken, "token_issuer", "the access token issuer is not accepted")
+		return deny(InvalidToken, "token_issuer", "the access token issuer is not accepted")
 	}
 	// aud must contain the audience, and be only it where the route says so (RFC 9068 §4 (4)).
 	if !contains(c.Aud, v.cfg.Audience) {
-		return nil, deny(InvalidToken, "token_audience", "the access token is not meant for this API")
+		return deny(InvalidToken, "token_audience", "the access token is not meant for this API")
 	}
 	if v.cfg.SingleAudience && len(c.Aud) != 1 {
-		return nil, deny(InvalidToken, "token_audience", "the access token must have this API as its only audience")
+		return deny(InvalidToken, "token_audience", "the access token must have this API as its only audience")
 	}
 	// exp is required (RFC 9068 §2.2).
 	if c.Exp == nil {
-		return nil, deny(InvalidToken, "token_exp_missing", "the access token has no expiry")
-	}
-	vt.exp = c.Exp.Time
-	if c.Nbf != nil {
-		vt.nbf = c.Nbf.Time
+		return deny(InvalidToken, "token_exp_missing", "the access token has no expiry")
 	}
 	// client_id is required (RFC 9068 §2.2).
 	if c.ClientID == "" {
-		return nil, deny(InvalidToken, "token_client_id", "the access token has no client_id")
+		return deny(InvalidToken, "token_client_id", "the access token has no client_id")
 	}
 	// jti is required (RFC 9068 §2.2): it names the token in the audit log.
 	if c.JTI == "" {
-		return nil, deny(InvalidToken, "token_jti", "the access token has no jti")
+		return deny(InvalidToken, "token_jti", "the access token has no jti")
 	}
 	// cnf, when present, must carry a jkt string (RFC 9449 §6.1).
 	if c.Cnf != nil && (c.Cnf.JKT == nil || *c.Cnf.JKT == "") {
-		return nil, deny(InvalidToken, "token_cnf", "the access token confirmation is malformed")
+		return deny(InvalidToken, "token_cnf", "the access token confirmation is malformed")
 	}
-	if v.cfg.Attest != AttestOff {
-		vt.readAttest(payload)
-	}
-	return vt, nil
+	return nil
 }
 
 // RSA modulus sizes a key may have. Below 2048 bits is too weak (RFC 7518

@@ -122,64 +122,117 @@ func (v *Verifier) NewNonce() string {
 // attest) and returns the principal, or the first failure.
 func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 	now := v.clock.Now()
+	// 1. Framing.
+	var cred credentials
+	if derr := v.readCredentials(&r, &cred); derr != nil {
+		return nil, derr
+	}
+	// 2. The access token.
+	vt, derr := v.verifyTokenSpan(ctx, cred.token, cred.hit, now)
+	if derr != nil {
+		return nil, derr
+	}
+	p := newPrincipal(cred.scheme, vt)
+	if derr := v.checkScopes(vt.claims.Scope); derr != nil {
+		return nil, withCaller(derr, p)
+	}
+	// 3. The proof and the binding.
+	if derr := v.checkBinding(ctx, &r, &cred, vt, p, now); derr != nil {
+		return nil, withCaller(derr, p)
+	}
+	// 4. Token kind and user policy.
+	if derr := v.checkPolicy(p); derr != nil {
+		return nil, withCaller(derr, p)
+	}
+	// 4a. The trust-framework attest.
+	if v.cfg.Attest != AttestOff {
+		if derr := v.checkAttest(p, vt, now); derr != nil {
+			return nil, withCaller(derr, p)
+		}
+	}
+	return p, nil
+}
 
-	// 1. Framing: the token travels only in one Authorization header (RFC 6750 §2).
+// credentials is what the framing step reads of a request: the scheme
+// ("DPoP" or "Bearer"), the access token and the DPoP proof as sent (""
+// under Bearer), and the verified-token cache's entry for the token (nil
+// when it has none).
+type credentials struct {
+	scheme, token, proof string
+	hit                  *verifiedToken
+}
+
+// readCredentials is the framing step: where the token travels, the path,
+// the Authorization header and, under DPoP, the DPoP header. It fills c.
+func (v *Verifier) readCredentials(r *Request, c *credentials) *Error {
+	// The token travels only in one Authorization header (RFC 6750 §2).
 	if r.TokenInQuery {
-		return nil, deny(InvalidRequest, "token_in_query", "access tokens are accepted only in the Authorization header")
+		return deny(InvalidRequest, "token_in_query", "access tokens are accepted only in the Authorization header")
 	}
 	// The path must name one resource however a rewrite reads it (checkPath).
 	if derr := checkPath(r.EscapedPath); derr != nil {
-		return nil, derr
+		return derr
 	}
-	switch len(r.Authorization) {
-	case 0:
-		return nil, deny(NoCredentials, "no_credentials", "authentication is required")
-	case 1:
-	default:
-		return nil, deny(InvalidRequest, "multiple_authorization", "exactly one Authorization header is allowed")
-	}
-	scheme, token, ok := strings.Cut(strings.TrimSpace(r.Authorization[0]), " ")
-	token = strings.TrimLeft(token, " ")
-	switch {
-	case !ok || token == "":
-		return nil, deny(InvalidRequest, "malformed_authorization", "the Authorization header is malformed")
-	case strings.EqualFold(scheme, "DPoP"):
-		scheme = "DPoP"
-	case strings.EqualFold(scheme, "Bearer"):
-		scheme = "Bearer"
-		if v.cfg.DPoP == DPoPRequired {
-			return nil, deny(InvalidToken, "bearer_not_allowed", "this API requires DPoP-bound tokens")
-		}
-	default:
-		return nil, deny(NoCredentials, "unsupported_scheme", "authentication is required")
+	var derr *Error
+	if c.scheme, c.token, derr = v.authorization(r.Authorization); derr != nil {
+		return derr
 	}
 	// The token's syntax (RFC 9110 §11.2 token68). A token found in the
 	// verified-token cache has the very text of one that passed this check
 	// before it was cached, so only a token not found there is scanned (a
 	// scan of its kilobyte on every request cost more than the lookup).
-	hit, found := v.tokens.get(token)
-	if !found && !isToken68(token) {
-		return nil, deny(InvalidRequest, "malformed_authorization", "the Authorization header is malformed")
+	hit, found := v.tokens.get(c.token)
+	if !found && !isToken68(c.token) {
+		return deny(InvalidRequest, "malformed_authorization", "the Authorization header is malformed")
 	}
-	var proof string
-	if scheme == "DPoP" {
-		// RFC 9449 §4.3 step 1: exactly one DPoP header holding one value.
-		switch {
-		case len(r.DPoP) == 0:
-			return nil, deny(InvalidProof, "proof_missing", "a DPoP proof is required")
-		case len(r.DPoP) > 1 || strings.Contains(r.DPoP[0], ","):
-			return nil, deny(InvalidRequest, "multiple_dpop", "exactly one DPoP header with one proof is allowed")
-		}
-		proof = strings.TrimSpace(r.DPoP[0])
+	c.hit = hit
+	if c.scheme == "DPoP" {
+		c.proof, derr = dpopHeader(r.DPoP)
 	}
+	return derr
+}
 
-	// 2. The access token.
-	vt, derr := v.verifyTokenSpan(ctx, token, hit, now)
-	if derr != nil {
-		return nil, derr
+// authorization reads the one Authorization header: a scheme the route
+// accepts, a space and a token.
+func (v *Verifier) authorization(values []string) (scheme, token string, derr *Error) {
+	switch len(values) {
+	case 0:
+		return "", "", deny(NoCredentials, "no_credentials", "authentication is required")
+	case 1:
+	default:
+		return "", "", deny(InvalidRequest, "multiple_authorization", "exactly one Authorization header is allowed")
 	}
+	scheme, token, ok := strings.Cut(strings.TrimSpace(values[0]), " ")
+	token = strings.TrimLeft(token, " ")
+	switch {
+	case !ok || token == "":
+		return "", "", deny(InvalidRequest, "malformed_authorization", "the Authorization header is malformed")
+	case strings.EqualFold(scheme, "DPoP"):
+		return "DPoP", token, nil
+	case !strings.EqualFold(scheme, "Bearer"):
+		return "", "", deny(NoCredentials, "unsupported_scheme", "authentication is required")
+	case v.cfg.DPoP == DPoPRequired:
+		return "", "", deny(InvalidToken, "bearer_not_allowed", "this API requires DPoP-bound tokens")
+	}
+	return "Bearer", token, nil
+}
+
+// dpopHeader returns the proof of the DPoP header, RFC 9449 §4.3 step 1:
+// exactly one DPoP header holding one value.
+func dpopHeader(values []string) (string, *Error) {
+	switch {
+	case len(values) == 0:
+		return "", deny(InvalidProof, "proof_missing", "a DPoP proof is required")
+	case len(values) > 1 || strings.Contains(values[0], ","):
+		return "", deny(InvalidRequest, "multiple_dpop", "exactly one DPoP header with one proof is allowed")
+	}
+	return strings.TrimSpace(values[0]), nil
+}
+
+// newPrincipal is who a verified access token says the caller is: a user
+// when the token carries a pid, else a machine.
+func newPrincipal(scheme string, vt *verifiedToken) *Principal {
 	c := &vt.claims
-
 	p := &Principal{
 		Scheme:         scheme,
 		ClientID:       c.ClientID,
@@ -204,53 +257,51 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (*Principal, *Error) {
 		// audit entry of a proof failure names it.
 		p.JKT = *c.Cnf.JKT
 	}
-	// Every configured scope is required.
+	return p
+}
+
+// checkScopes demands every configured scope of the token.
+func (v *Verifier) checkScopes(scope scopeList) *Error {
 	for _, s := range v.cfg.Scopes {
-		if !c.Scope.has(s) {
-			return nil, withCaller(deny(InsufficientScope, "scope_missing", "the access token lacks a required scope"), p)
+		if !scope.has(s) {
+			return deny(InsufficientScope, "scope_missing", "the access token lacks a required scope")
 		}
 	}
+	return nil
+}
 
-	// 3. The proof and the binding.
-	if scheme == "Bearer" {
+// checkBinding is step 3: a bound token comes only with the DPoP scheme, and
+// then with a valid proof of its key for this request. A proof that
+// verifies sets the principal's JKT, and a new nonce when its own is past
+// half its life.
+func (v *Verifier) checkBinding(ctx context.Context, r *Request, cred *credentials, vt *verifiedToken, p *Principal, now time.Time) *Error {
+	cnf := vt.claims.Cnf
+	if cred.scheme == "Bearer" {
 		// A DPoP-bound token must never be accepted as a bearer token (RFC 9449 §7.2).
-		if c.Cnf != nil {
-			return nil, withCaller(deny(InvalidToken, "bound_token_as_bearer", "a DPoP-bound token must be sent with the DPoP scheme"), p)
+		if cnf != nil {
+			return deny(InvalidToken, "bound_token_as_bearer", "a DPoP-bound token must be sent with the DPoP scheme")
 		}
-	} else {
-		// The DPoP scheme needs a DPoP-bound token (RFC 9449 §7.1).
-		if c.Cnf == nil {
-			return nil, withCaller(deny(InvalidToken, "token_not_bound", "the access token is not DPoP-bound"), p)
-		}
-		target := proofTarget{method: r.Method, ath: vt.ath, jkt: *c.Cnf.JKT}
-		htu, err := v.expectedHTU(r)
-		if err != nil {
-			return nil, withCaller(denyErr(InvalidRequest, "malformed_request", "the request URI is malformed", err), p)
-		}
-		target.htu = htu
-		pctx, span := startSpan(ctx, SpanVerifyProof)
-		cp, derr := v.verifyProof(pctx, proof, target, now)
-		endSpan(span, derr)
-		if derr != nil {
-			return nil, withCaller(derr, p)
-		}
-		p.JKT = cp.jkt
-		if v.nonces != nil && cp.nonceAge > NonceLifetime/2 {
-			p.NonceRefresh = v.nonces.Issue(now)
-		}
+		return nil
 	}
-
-	// 4. Token kind and user policy.
-	if derr := v.checkPolicy(p); derr != nil {
-		return nil, withCaller(derr, p)
+	// The DPoP scheme needs a DPoP-bound token (RFC 9449 §7.1).
+	if cnf == nil {
+		return deny(InvalidToken, "token_not_bound", "the access token is not DPoP-bound")
 	}
-	// 4a. The trust-framework attest.
-	if v.cfg.Attest != AttestOff {
-		if derr := v.checkAttest(p, vt, now); derr != nil {
-			return nil, withCaller(derr, p)
-		}
+	htu, err := v.expectedHTU(r)
+	if err != nil {
+		return denyErr(InvalidRequest, "malformed_request", "the request URI is malformed", err)
 	}
-	return p, nil
+	pctx, span := startSpan(ctx, SpanVerifyProof)
+	cp, derr := v.verifyProof(pctx, cred.proof, proofTarget{method: r.Method, htu: htu, ath: vt.ath, jkt: *cnf.JKT}, now)
+	endSpan(span, derr)
+	if derr != nil {
+		return derr
+	}
+	p.JKT = cp.jkt
+	if v.nonces != nil && cp.nonceAge > NonceLifetime/2 {
+		p.NonceRefresh = v.nonces.Issue(now)
+	}
+	return nil
 }
 
 // verifyTokenSpan is verifyToken in a helseid.verify_token span.
@@ -273,7 +324,7 @@ func withCaller(derr *Error, p *Principal) *Error {
 
 // expectedHTU is the normalized URI the proof must name: the public origin
 // (or the request's own scheme and host) and the original path.
-func (v *Verifier) expectedHTU(r Request) (expectedHTU, error) {
+func (v *Verifier) expectedHTU(r *Request) (expectedHTU, error) {
 	scheme, host := v.originScheme, v.originHost
 	if scheme == "" {
 		scheme, host = r.Scheme, r.Host

@@ -112,14 +112,14 @@ func TestAuditEveryReason(t *testing.T) {
 	for _, r0 := range authz.DenialReasons() {
 		t.Run(r0.Code, func(t *testing.T) {
 			audit.TakeAll()
-			h.auditDenial(ctx, r, &authz.Error{Kind: r0.Kind, Reason: r0.Code, Description: "d", Err: errors.New("cause")})
-			h.auditDenial(ctx, r, &authz.Error{Kind: r0.Kind, Reason: r0.Code, Description: "d", Caller: caller})
+			h.auditDenial(ctx, r, &authz.Error{Class: r0.Class, Reason: r0.Code, Description: "d", Err: errors.New("cause")})
+			h.auditDenial(ctx, r, &authz.Error{Class: r0.Class, Reason: r0.Code, Description: "d", Caller: caller})
 			entries := audit.TakeAll()
 			if len(entries) != 2 {
 				t.Fatalf("want two entries, got %d", len(entries))
 			}
-			check(t, entries[0], "deny", r0.Code, testService, status(r0.Kind), false)
-			check(t, entries[1], "deny", r0.Code, testService, status(r0.Kind), true)
+			check(t, entries[0], "deny", r0.Code, testService, status(r0.Class), false)
+			check(t, entries[1], "deny", r0.Code, testService, status(r0.Class), true)
 		})
 	}
 }

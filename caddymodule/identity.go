@@ -388,8 +388,8 @@ func (h *Handler) allowAuditLogger() *zap.Logger {
 // (derr.Caller), and the operator's log line: a dead dependency at Error (at
 // most one per 10 s), a rejected client at Debug.
 func (h *Handler) auditDenial(ctx context.Context, r *http.Request, derr *authz.Error) {
-	h.auditDecision(ctx, r, "deny", derr.Reason, status(derr.Kind), derr.Caller)
-	if derr.Kind == authz.Unavailable {
+	h.auditDecision(ctx, r, "deny", derr.Reason, status(derr.Class), derr.Caller)
+	if derr.Class == authz.Unavailable {
 		if !h.depLog.allow() {
 			return
 		}

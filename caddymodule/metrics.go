@@ -35,8 +35,8 @@ const (
 	outcomeError = "error" // a dependency failed: 503
 )
 
-// outcomeOf is the outcome of a denial of kind k.
-func outcomeOf(k authz.Kind) string {
+// outcomeOf is the outcome of a denial of class k.
+func outcomeOf(k authz.DenialClass) string {
 	if k == authz.Unavailable {
 		return outcomeError
 	}
@@ -230,7 +230,7 @@ func (m *helseidMetrics) forRoute(route string) *routeMetrics {
 		rm.byReason[outcomeAllow][r.Code] = resolve(outcomeAllow, r.Code)
 	}
 	for _, r := range authz.DenialReasons() {
-		o := outcomeOf(r.Kind)
+		o := outcomeOf(r.Class)
 		rm.byReason[o][r.Code] = resolve(o, r.Code)
 	}
 	m.routes[route] = rm

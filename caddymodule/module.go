@@ -376,7 +376,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		derr = h.membership.Check(ctx, p)
 	}
 	if derr != nil {
-		h.metrics.decided(outcomeOf(derr.Kind), derr.Reason, time.Since(start))
+		h.metrics.decided(outcomeOf(derr.Class), derr.Reason, time.Since(start))
 		h.auditDenial(ctx, orig, derr)
 		return h.deny(w, r, derr)
 	}

@@ -48,7 +48,7 @@ func TestOperationsDocListsEveryReason(t *testing.T) {
 		want[r.Code] = []string{"allow", "upstream's"}
 	}
 	for _, r := range authz.DenialReasons() {
-		want[r.Code] = []string{outcomeOf(r.Kind), strconv.Itoa(status(r.Kind))}
+		want[r.Code] = []string{outcomeOf(r.Class), strconv.Itoa(status(r.Class))}
 	}
 	var missing, extra []string
 	for code, w := range want {

@@ -42,7 +42,7 @@ func newChallenges(cfg authz.Config, md *resourceMetadata) challenges {
 // RFC 9449 §7.1, §9) or the gateway's own not_member and
 // registry_unavailable.
 func errorCode(derr *authz.Error) string {
-	switch derr.Kind {
+	switch derr.Class {
 	case authz.InvalidRequest:
 		return "invalid_request"
 	case authz.InvalidToken:
@@ -65,9 +65,9 @@ func errorCode(derr *authz.Error) string {
 	}
 }
 
-// status is the HTTP status of a denial kind: 400 malformed request, 401
+// status is the HTTP status of a denial class: 400 malformed request, 401
 // token, proof or nonce, 403 policy or membership, 503 a dependency.
-func status(k authz.Kind) int {
+func status(k authz.DenialClass) int {
 	switch k {
 	case authz.InvalidRequest:
 		return http.StatusBadRequest
@@ -85,7 +85,7 @@ func (h *Handler) setChallenge(hdr http.Header, derr *authz.Error) {
 	c := h.challenge
 	code := errorCode(derr)
 	desc := `error_description="` + derr.Description + `"`
-	switch derr.Kind {
+	switch derr.Class {
 	case authz.NoCredentials:
 		hdr.Set("WWW-Authenticate", "DPoP "+c.algs+c.metadata)
 		if c.bearer {
@@ -144,7 +144,7 @@ const (
 // otherwise it writes the problem+json body itself, since Caddy would send an
 // empty one.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, derr *authz.Error) error {
-	st := status(derr.Kind)
+	st := status(derr.Class)
 	code := errorCode(derr)
 	h.setChallenge(w.Header(), derr)
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {

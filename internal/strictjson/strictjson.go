@@ -60,15 +60,21 @@ type scanner struct {
 	i    int
 }
 
-func (s *scanner) space() {
-	for s.i < len(s.data) {
-		switch s.data[s.i] {
+func (s *scanner) space() { s.i = SkipSpace(s.data, s.i) }
+
+// SkipSpace returns the index of the first byte of b at or after i that is
+// not JSON whitespace (RFC 8259 §2: space, tab, line feed, carriage return),
+// or len(b). Both strict readers of the module skip whitespace with it.
+func SkipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
 		case ' ', '\t', '\n', '\r':
-			s.i++
+			i++
 		default:
-			return
+			return i
 		}
 	}
+	return i
 }
 
 // value checks the value at s.i against t and moves past it.
