@@ -1,0 +1,279 @@
+// Package ttlmap is a bounded map whose entries expire, split into shards
+// behind their own locks: the one mechanism under the gateway's in-process
+// replay store and its in-process caches (verified tokens, proof headers,
+// membership answers).
+//
+// What a full map does is the caller's choice (Full). A cache drops any
+// entry, since a dropped entry costs one recomputation. The replay store
+// refuses the new key, since a forgotten entry is a proof that could be
+// replayed: it must keep every record until it expires.
+//
+// It is hand-written because no cache in the module graph can refuse: they
+// make room by evicting live entries (LRU, or ristretto's admission policy,
+// which also drops writes silently and applies them asynchronously), and
+// they run a janitor goroutine. This one sweeps expired entries only when a
+// shard is full and one of them may have expired, so a hit is a read lock
+// and a map lookup, with no allocation.
+package ttlmap
+
+import (
+	"iter"
+	"sync"
+	"time"
+)
+
+// Full is what a Map does with a new key when the key's shard holds its
+// share of Options.Max entries and none of them has expired.
+type Full uint8
+
+const (
+	// DropAny deletes an arbitrary entry to make room: for a cache.
+	DropAny Full = iota
+	// Refuse does not store the new key: for a store that must never forget
+	// an entry before it expires.
+	Refuse
+)
+
+// Options configures New.
+type Options struct {
+	// Max bounds the entries held, expired ones not yet swept included. Each
+	// shard holds its share, so a shard may be full slightly before the
+	// whole map is. Values below 1 are 1.
+	Max int
+	// Shards is the number of shards, rounded down to a power of two and
+	// bounded by 64 and by Max. 0: one per 1024 to 2047 entries of Max, so a
+	// small map is exact (one shard) and a large one does not contend.
+	Shards int
+	// Full is what a full shard does with a new key.
+	Full Full
+	// SweepEvery, when positive, is the least time between two sweeps of a
+	// full shard for expired entries. 0: a full shard sweeps whenever one of
+	// its entries may have expired.
+	SweepEvery time.Duration
+}
+
+// Map is a bounded map from K to V whose entries expire at a time given
+// with each (the zero time: never). Time is always the caller's argument:
+// the map reads no clock. It is safe for concurrent use.
+type Map[K comparable, V any] struct {
+	hash   func(K) uint64
+	mask   uint64
+	full   Full
+	every  time.Duration
+	shards []shard[K, V]
+}
+
+// entry is one value and the instant it expires (zero: never).
+type entry[V any] struct {
+	v   V
+	exp time.Time
+}
+
+// shard is one lock's worth of entries.
+type shard[K comparable, V any] struct {
+	mu        sync.RWMutex
+	max       int
+	m         map[K]entry[V]
+	next      time.Time // no entry expires before next; zero: no entry expires
+	sweepFrom time.Time // SweepEvery: no sweep before then
+	_         [40]byte  // pad to 128 bytes: shards do not share cache lines
+}
+
+// New returns an empty Map. hash spreads the keys over the shards; it is
+// called once per operation, and never when there is one shard (it may then
+// be nil). Keys whose hash collides share a shard, never an entry.
+func New[K comparable, V any](o Options, hash func(K) uint64) *Map[K, V] {
+	o.Max = max(o.Max, 1)
+	n := 1
+	switch {
+	case o.Shards > 0:
+		for n*2 <= min(o.Shards, 64, o.Max) {
+			n *= 2
+		}
+	default:
+		for n < 64 && o.Max/(2*n) >= 1024 {
+			n *= 2
+		}
+	}
+	if n > 1 && hash == nil {
+		panic("ttlmap: a map of several shards needs a hash")
+	}
+	m := &Map[K, V]{hash: hash, mask: uint64(n - 1), full: o.Full, every: o.SweepEvery, shards: make([]shard[K, V], n)}
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.max = o.Max / n
+		if i < o.Max%n {
+			sh.max++
+		}
+		sh.m = make(map[K]entry[V])
+	}
+	return m
+}
+
+// shard returns the shard of k.
+func (m *Map[K, V]) shard(k K) *shard[K, V] {
+	if m.mask == 0 {
+		return &m.shards[0]
+	}
+	return &m.shards[m.hash(k)&m.mask]
+}
+
+// Get returns the value of k, expired or not: the caller judges its
+// expiry with its own time (and its own leeway). It does not allocate.
+func (m *Map[K, V]) Get(k K) (v V, ok bool) {
+	sh := m.shard(k)
+	sh.mu.RLock()
+	e, ok := sh.m[k]
+	sh.mu.RUnlock()
+	return e.v, ok
+}
+
+// Add stores v under k until exp (zero: never) unless k holds an entry that
+// has not expired at now, and reports whether it stored v. full is true
+// when it did not because the shard is full and the map refuses (Refuse).
+func (m *Map[K, V]) Add(k K, v V, exp, now time.Time) (added, full bool) {
+	return m.put(k, v, exp, now, false, nil)
+}
+
+// Put stores v under k until exp (zero: never), replacing any entry of k,
+// and reports whether it did: it does not when the shard is full and the
+// map refuses (Refuse).
+func (m *Map[K, V]) Put(k K, v V, exp, now time.Time) bool {
+	stored, _ := m.put(k, v, exp, now, true, nil)
+	return stored
+}
+
+// PutIf is Put when keep, asked under the shard's lock, reports true, and
+// does nothing otherwise. keep must not call the map.
+func (m *Map[K, V]) PutIf(k K, v V, exp, now time.Time, keep func() bool) bool {
+	stored, _ := m.put(k, v, exp, now, true, keep)
+	return stored
+}
+
+func (m *Map[K, V]) put(k K, v V, exp, now time.Time, replace bool, keep func() bool) (stored, full bool) {
+	sh := m.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if keep != nil && !keep() {
+		return false, false
+	}
+	old, present := sh.m[k]
+	if present && !replace && (old.exp.IsZero() || now.Before(old.exp)) {
+		return false, false
+	}
+	if !present && len(sh.m) >= sh.max && !sh.sweep(now, m.every) {
+		if m.full == Refuse {
+			return false, true
+		}
+		for victim := range sh.m { // map iteration starts at a random entry
+			delete(sh.m, victim)
+			break
+		}
+	}
+	sh.m[k] = entry[V]{v: v, exp: exp}
+	if !exp.IsZero() && (sh.next.IsZero() || exp.Before(sh.next)) {
+		sh.next = exp
+	}
+	return true, false
+}
+
+// sweep deletes the entries expired at now and reports whether any was. It
+// costs nothing while no entry can have expired (now before next), so a
+// shard full of live entries answers in constant time.
+func (sh *shard[K, V]) sweep(now time.Time, every time.Duration) bool {
+	if sh.next.IsZero() || now.Before(sh.next) || now.Before(sh.sweepFrom) {
+		return false
+	}
+	if every > 0 {
+		sh.sweepFrom = now.Add(every)
+	}
+	before := len(sh.m)
+	var next time.Time
+	for k, e := range sh.m {
+		switch {
+		case e.exp.IsZero():
+		case !now.Before(e.exp):
+			delete(sh.m, k)
+		case next.IsZero() || e.exp.Before(next):
+			next = e.exp
+		}
+	}
+	sh.next = next
+	return len(sh.m) < before
+}
+
+// Delete deletes the entry of k, if any.
+func (m *Map[K, V]) Delete(k K) {
+	sh := m.shard(k)
+	sh.mu.Lock()
+	delete(sh.m, k)
+	sh.mu.Unlock()
+}
+
+// DeleteFunc deletes every entry for which del reports true. del runs under
+// a shard's lock: it must not call the map.
+func (m *Map[K, V]) DeleteFunc(del func(K, V) bool) {
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.m {
+			if del(k, e.v) {
+				delete(sh.m, k)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Clear deletes every entry and gives their memory back (the built-in
+// clear would keep the maps' buckets).
+func (m *Map[K, V]) Clear() {
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		sh.m = make(map[K]entry[V])
+		sh.next = time.Time{}
+		sh.mu.Unlock()
+	}
+}
+
+// Len returns the number of entries held, expired ones not yet swept
+// included.
+func (m *Map[K, V]) Len() int {
+	n := 0
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.RLock()
+		n += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// Shards returns the number of shards.
+func (m *Map[K, V]) Shards() int { return len(m.shards) }
+
+// All yields every entry's key and value, expired or not, one shard at a
+// time under its read lock: the loop body must not modify the map.
+func (m *Map[K, V]) All() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for i := range m.shards {
+			if !m.shards[i].each(yield) {
+				return
+			}
+		}
+	}
+}
+
+// each yields the shard's entries under its read lock, and reports whether
+// yield asked for more.
+func (sh *shard[K, V]) each(yield func(K, V) bool) bool {
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	for k, e := range sh.m {
+		if !yield(k, e.v) {
+			return false
+		}
+	}
+	return true
+}
