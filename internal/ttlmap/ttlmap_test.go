@@ -255,8 +255,9 @@ func TestHitAllocs(t *testing.T) {
 
 // TestConcurrent: readers and writers at once (run with -race).
 func TestConcurrent(t *testing.T) {
-	for _, full := range []Full{DropAny, Refuse} {
-		m := newStrings(Options{Max: 4096, Full: full})
+	for _, o := range []Options{{Full: DropAny}, {Full: Refuse}, {Full: Refuse, WriteMostly: true}} {
+		o.Max = 4096
+		m := newStrings(o)
 		var wg sync.WaitGroup
 		for w := range 4 {
 			wg.Go(func() {
