@@ -565,7 +565,7 @@ func TestMembershipHangingRegistryOpensBreaker(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		fetch     time.Duration
-		wantState string
+		wantState BreakerState
 	}{
 		{"fill bound from the registry timeout", MembershipFetchTimeout(registryTimeout, 0), "open"},
 		{"fill bound below the registry timeout", registryTimeout / 2, "closed"},

@@ -169,7 +169,7 @@ func (sh *redisShard) verify(ctx context.Context) error {
 	if !sh.vmu.TryLock() {
 		// While the breaker is not closed its probe is the one out: the
 		// others fail at once rather than queue behind it.
-		if sh.breaker.State() != "closed" {
+		if sh.breaker.State() != BreakerClosed {
 			return fmt.Errorf("%w: a verification is out", ErrBreakerOpen)
 		}
 		sh.vmu.Lock()

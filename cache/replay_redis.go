@@ -398,7 +398,7 @@ var errBatchAbandoned = errors.New("the batch carrying this call was abandoned")
 // the breaker is not closed the call goes alone: an open breaker fails it at
 // once, queueing behind nobody, and a half-open one lets one probe through.
 func (sh *redisShard) run(ctx context.Context, call *replayCall) error {
-	if sh.breaker.State() != "closed" {
+	if sh.breaker.State() != BreakerClosed {
 		sh.send(ctx, []*replayCall{call})
 		return call.err
 	}
