@@ -100,9 +100,6 @@ func (s *LocalReplay) FirstUse(_ context.Context, key string, _ time.Time, ttl t
 	return added, nil // not added: live, a replay
 }
 
-// Len returns the number of entries held, expired ones not yet swept included.
-func (s *LocalReplay) Len() int { return s.entries.Len() }
-
 // TieredReplay is the replay store of a gateway with Redis: an in-process
 // tier in front of a shared one.
 //
