@@ -122,7 +122,7 @@ func (c *proofHeaderCache) put(seg string, ph *proofHeader) {
 		return
 	}
 	// A copy: the key must not keep the whole request header alive.
-	c.entries.Add(strings.Clone(seg), ph, time.Time{}, time.Time{})
+	c.entries.Add(strings.Clone(seg), ph, ttlmap.Never, time.Time{})
 }
 
 func (c *proofHeaderCache) len() int { return c.entries.Len() }

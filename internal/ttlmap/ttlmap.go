@@ -57,8 +57,8 @@ type Options struct {
 }
 
 // Map is a bounded map from K to V whose entries expire at a time given
-// with each (the zero time: never). Time is always the caller's argument:
-// the map reads no clock. It is safe for concurrent use.
+// with each (Never: never). Time is always the caller's argument: the map
+// reads no clock. It is safe for concurrent use.
 type Map[K comparable, V any] struct {
 	hash   func(K) uint64
 	mask   uint64
@@ -67,7 +67,10 @@ type Map[K comparable, V any] struct {
 	shards []shard[K, V]
 }
 
-// entry is one value and the instant it expires (zero: never).
+// Never is the expiry of an entry that does not expire.
+var Never = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+
+// entry is one value and the instant it expires.
 type entry[V any] struct {
 	v   V
 	exp time.Time
@@ -79,7 +82,7 @@ type shard[K comparable, V any] struct {
 	mu        sync.Mutex   // the lock when excl (Options.WriteMostly)
 	max       int
 	m         map[K]entry[V]
-	next      time.Time // no entry expires before next; zero: no entry expires
+	next      time.Time // no entry expires before next; zero when unknown
 	sweepFrom time.Time // SweepEvery: no sweep before then
 	excl      bool
 	_         [31]byte // pad to 128 bytes: shards do not share cache lines
@@ -163,20 +166,29 @@ func (m *Map[K, V]) shard(k K) *shard[K, V] {
 // expiry with its own time (and its own leeway). It does not allocate.
 func (m *Map[K, V]) Get(k K) (v V, ok bool) {
 	sh := m.shard(k)
-	sh.rlock()
-	e, ok := sh.m[k]
-	sh.runlock()
+	var e entry[V]
+	// The lock is chosen here, not in a method: a method taking either lock
+	// is too large to inline, and this is the path of every hit.
+	if sh.excl {
+		sh.mu.Lock()
+		e, ok = sh.m[k]
+		sh.mu.Unlock()
+	} else {
+		sh.rw.RLock()
+		e, ok = sh.m[k]
+		sh.rw.RUnlock()
+	}
 	return e.v, ok
 }
 
-// Add stores v under k until exp (zero: never) unless k holds an entry that
+// Add stores v under k until exp unless k holds an entry that
 // has not expired at now, and reports whether it stored v. full is true
 // when it did not because the shard is full and the map refuses (Refuse).
 func (m *Map[K, V]) Add(k K, v V, exp, now time.Time) (added, full bool) {
 	return m.put(k, v, exp, now, false, nil)
 }
 
-// Put stores v under k until exp (zero: never), replacing any entry of k,
+// Put stores v under k until exp, replacing any entry of k,
 // and reports whether it did: it does not when the shard is full and the
 // map refuses (Refuse).
 func (m *Map[K, V]) Put(k K, v V, exp, now time.Time) bool {
@@ -185,44 +197,63 @@ func (m *Map[K, V]) Put(k K, v V, exp, now time.Time) bool {
 }
 
 // PutIf is Put when keep, asked under the shard's lock, reports true, and
-// does nothing otherwise. keep must not call the map.
+// does nothing otherwise. keep must not call the map, and must not panic.
 func (m *Map[K, V]) PutIf(k K, v V, exp, now time.Time, keep func() bool) bool {
 	stored, _ := m.put(k, v, exp, now, true, keep)
 	return stored
 }
 
+// put is Add (replace false) and Put. It unlocks on its one way out, without
+// a defer: the replay store calls it on every proof.
 func (m *Map[K, V]) put(k K, v V, exp, now time.Time, replace bool, keep func() bool) (stored, full bool) {
 	sh := m.shard(k)
-	sh.lock()
-	defer sh.unlock()
-	if keep != nil && !keep() {
-		return false, false
+	if sh.excl {
+		sh.mu.Lock()
+	} else {
+		sh.rw.Lock()
 	}
-	old, present := sh.m[k]
-	if present && !replace && (old.exp.IsZero() || now.Before(old.exp)) {
-		return false, false
-	}
-	if !present && len(sh.m) >= sh.max && !sh.sweep(now, m.every) {
-		if m.full == Refuse {
-			return false, true
+	switch old, present := sh.m[k]; {
+	case keep != nil && !keep():
+	case present && !replace && now.Before(old.exp):
+		// live: kept
+	case !present && len(sh.m) >= sh.max && !sh.makeRoom(now, m.full, m.every):
+		full = true
+	default:
+		sh.m[k] = entry[V]{v: v, exp: exp}
+		if sh.next.IsZero() || exp.Before(sh.next) {
+			sh.next = exp
 		}
-		for victim := range sh.m { // map iteration starts at a random entry
-			delete(sh.m, victim)
-			break
-		}
+		stored = true
 	}
-	sh.m[k] = entry[V]{v: v, exp: exp}
-	if !exp.IsZero() && (sh.next.IsZero() || exp.Before(sh.next)) {
-		sh.next = exp
+	if sh.excl {
+		sh.mu.Unlock()
+	} else {
+		sh.rw.Unlock()
 	}
-	return true, false
+	return stored, full
+}
+
+// makeRoom frees a place in a full shard: it sweeps the expired entries,
+// and if none was, drops any entry or, for Refuse, reports false.
+func (sh *shard[K, V]) makeRoom(now time.Time, full Full, every time.Duration) bool {
+	if sh.sweep(now, every) {
+		return true
+	}
+	if full == Refuse {
+		return false
+	}
+	for victim := range sh.m { // map iteration starts at a random entry
+		delete(sh.m, victim)
+		break
+	}
+	return true
 }
 
 // sweep deletes the entries expired at now and reports whether any was. It
 // costs nothing while no entry can have expired (now before next), so a
 // shard full of live entries answers in constant time.
 func (sh *shard[K, V]) sweep(now time.Time, every time.Duration) bool {
-	if sh.next.IsZero() || now.Before(sh.next) || now.Before(sh.sweepFrom) {
+	if now.Before(sh.next) || now.Before(sh.sweepFrom) {
 		return false
 	}
 	if every > 0 {
@@ -232,7 +263,6 @@ func (sh *shard[K, V]) sweep(now time.Time, every time.Duration) bool {
 	var next time.Time
 	for k, e := range sh.m {
 		switch {
-		case e.exp.IsZero():
 		case !now.Before(e.exp):
 			delete(sh.m, k)
 		case next.IsZero() || e.exp.Before(next):

@@ -60,9 +60,9 @@ func TestExpiry(t *testing.T) {
 			t.Fatalf("Get = %d, want 2", v)
 		}
 	})
-	t.Run("the zero time never expires", func(t *testing.T) {
-		m.Add("forever", 1, time.Time{}, c.Now())
-		if added, _ := m.Add("forever", 2, time.Time{}, c.Now().Add(1000*time.Hour)); added {
+	t.Run("Never never expires", func(t *testing.T) {
+		m.Add("forever", 1, Never, c.Now())
+		if added, _ := m.Add("forever", 2, Never, c.Now().Add(1000*time.Hour)); added {
 			t.Fatal("an entry without expiry was replaced")
 		}
 	})
