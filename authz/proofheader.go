@@ -99,17 +99,18 @@ const maxCachedProofHeader = 2048
 // re-parse, never memory.
 type proofHeaderCache struct {
 	entries *ttlmap.Map[string, *proofHeader]
+	shard   *ttlmap.Shard[string, *proofHeader] // the one shard
 }
 
 // newProofHeaderCache returns an empty cache of at most max headers, in one
 // shard: more would hash each header once more to pick one.
 func newProofHeaderCache(max int) *proofHeaderCache {
-	return &proofHeaderCache{entries: ttlmap.New[string, *proofHeader](
-		ttlmap.Options{Max: max, Shards: 1, Full: ttlmap.DropAny}, nil)}
+	entries := ttlmap.New[string, *proofHeader](ttlmap.Options{Max: max, Shards: 1, Full: ttlmap.DropAny})
+	return &proofHeaderCache{entries: entries, shard: entries.Shard(0)}
 }
 
 func (c *proofHeaderCache) get(seg string) (*proofHeader, bool) {
-	return c.entries.Get(seg)
+	return c.shard.Get(seg)
 }
 
 // put keeps ph under seg, for good (a header does not expire), unless seg is
@@ -118,11 +119,11 @@ func (c *proofHeaderCache) put(seg string, ph *proofHeader) {
 	if len(seg) > maxCachedProofHeader {
 		return
 	}
-	if _, ok := c.entries.Get(seg); ok {
+	if _, ok := c.shard.Get(seg); ok {
 		return
 	}
 	// A copy: the key must not keep the whole request header alive.
-	c.entries.Add(strings.Clone(seg), ph, ttlmap.Never, time.Time{})
+	c.shard.Add(strings.Clone(seg), ph, ttlmap.Never, time.Time{})
 }
 
 func (c *proofHeaderCache) len() int { return c.entries.Len() }

@@ -27,25 +27,27 @@ import (
 // kilobyte.
 type tokenCache struct {
 	entries *ttlmap.Map[string, *verifiedToken]
+	shard   *ttlmap.Shard[string, *verifiedToken] // the one shard
 }
 
 // tokenSweepInterval is how often a full cache looks for expired entries.
 const tokenSweepInterval = time.Second
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{entries: ttlmap.New[string, *verifiedToken](
-		ttlmap.Options{Max: max, Shards: 1, Full: ttlmap.DropAny, SweepEvery: tokenSweepInterval}, nil)}
+	entries := ttlmap.New[string, *verifiedToken](
+		ttlmap.Options{Max: max, Shards: 1, Full: ttlmap.DropAny, SweepEvery: tokenSweepInterval})
+	return &tokenCache{entries: entries, shard: entries.Shard(0)}
 }
 
 // get returns the verified token of this text, without allocating.
 func (c *tokenCache) get(token string) (*verifiedToken, bool) {
-	return c.entries.Get(token)
+	return c.shard.Get(token)
 }
 
 // put keeps vt until it expires under a copy of token (the caller's string
 // may share memory with the whole request).
 func (c *tokenCache) put(token string, vt *verifiedToken, now time.Time) {
-	c.entries.Put(strings.Clone(token), vt, vt.exp, now)
+	c.shard.Put(strings.Clone(token), vt, vt.exp, now)
 }
 
 func (c *tokenCache) len() int { return c.entries.Len() }

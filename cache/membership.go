@@ -230,7 +230,7 @@ func NewCachedMembership(next authz.Membership, opts MembershipCacheOptions) *Ca
 // last-known answer while the registry fails (see CachedMembership).
 func (c *CachedMembership) Lookup(ctx context.Context, service, org string) (authz.Answer, error) {
 	k := tierKey{service: service, org: org}
-	e := c.local.get(k)
+	e, _ := c.local.shard(k).Get(k) // not get: one call less on every hit
 	if e != nil && c.clock.Now().Before(e.freshUntil) {
 		c.report(TierLocal, ResultHit)
 		return e.ans, nil

@@ -24,6 +24,7 @@ type localEntry struct {
 // is kept until FetchedAt + max(TTL, StaleFor); when a shard is full, the
 // entries past that go first, then an arbitrary one.
 type localTier struct {
+	seed    maphash.Seed
 	entries *ttlmap.Map[tierKey, *localEntry]
 }
 
@@ -33,21 +34,27 @@ func newLocalTier(maxEntries int) *localTier {
 	if maxEntries <= 0 {
 		maxEntries = DefaultMembershipLocalEntries
 	}
-	seed := maphash.MakeSeed()
-	return &localTier{entries: ttlmap.New[tierKey, *localEntry](ttlmap.Options{Max: maxEntries, Full: ttlmap.DropAny},
-		func(k tierKey) uint64 { return maphash.String(seed, k.org) })}
+	return &localTier{
+		seed:    maphash.MakeSeed(),
+		entries: ttlmap.New[tierKey, *localEntry](ttlmap.Options{Max: maxEntries, Full: ttlmap.DropAny}),
+	}
+}
+
+// shard returns the shard of k, picked by its organization.
+func (l *localTier) shard(k tierKey) *ttlmap.Shard[tierKey, *localEntry] {
+	return l.entries.Shard(maphash.String(l.seed, k.org))
 }
 
 // get returns the entry of k, or nil.
 func (l *localTier) get(k tierKey) *localEntry {
-	e, _ := l.entries.Get(k)
+	e, _ := l.shard(k).Get(k)
 	return e
 }
 
 // put stores e under k until keepUntil if keep, asked under the shard's
 // lock, says so.
 func (l *localTier) put(k tierKey, e *localEntry, keepUntil, now time.Time, keep func() bool) {
-	l.entries.PutIf(k, e, keepUntil, now, keep)
+	l.shard(k).PutIf(k, e, keepUntil, now, keep)
 }
 
 // evict deletes the entries that match service and org, where "" matches
@@ -55,7 +62,8 @@ func (l *localTier) put(k tierKey, e *localEntry, keepUntil, now time.Time, keep
 func (l *localTier) evict(service, org string) {
 	switch {
 	case service != "" && org != "":
-		l.entries.Delete(tierKey{service: service, org: org})
+		k := tierKey{service: service, org: org}
+		l.shard(k).Delete(k)
 	case service == "" && org == "":
 		l.entries.Clear()
 	default:

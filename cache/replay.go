@@ -75,11 +75,9 @@ func NewLocalReplay(maxEntries int, clock authz.Clock) *LocalReplay {
 		clock = authz.SystemClock
 	}
 	return &LocalReplay{
-		clock: clock,
-		seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		// The key is a hash already: its first half picks the shard.
-		entries: ttlmap.New[[2]uint64, struct{}](ttlmap.Options{Max: maxEntries, Full: ttlmap.Refuse, WriteMostly: true},
-			func(h [2]uint64) uint64 { return h[0] }),
+		clock:   clock,
+		seeds:   [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		entries: ttlmap.New[[2]uint64, struct{}](ttlmap.Options{Max: maxEntries, Full: ttlmap.Refuse, WriteMostly: true}),
 	}
 }
 
@@ -93,7 +91,8 @@ func (s *LocalReplay) FirstUse(_ context.Context, key string, _ time.Time, ttl t
 	}
 	h := [2]uint64{maphash.String(s.seeds[0], key), maphash.String(s.seeds[1], key)}
 	now := s.clock.Now()
-	added, full := s.entries.Add(h, struct{}{}, now.Add(ttl), now)
+	// The key is a hash already: its first half picks the shard.
+	added, full := s.entries.Shard(h[0]).Add(h, struct{}{}, now.Add(ttl), now)
 	if full {
 		return false, ErrReplayStoreFull
 	}

@@ -59,12 +59,15 @@ type Options struct {
 // Map is a bounded map from K to V whose entries expire at a time given
 // with each (Never: never). Time is always the caller's argument: the map
 // reads no clock. It is safe for concurrent use.
+//
+// The caller spreads the keys over the shards: it hashes a key once, with
+// its own seed, over the whole key or a part of it, and passes the hash to
+// Shard. The hash is the caller's because it knows what is cheap: the replay
+// store's key is a hash already, and a map of one shard is passed 0 rather
+// than hash a kilobyte-long token once more than the Go map does.
 type Map[K comparable, V any] struct {
-	hash   func(K) uint64
 	mask   uint64
-	full   Full
-	every  time.Duration
-	shards []shard[K, V]
+	shards []Shard[K, V]
 }
 
 // Never is the expiry of an entry that does not expire.
@@ -76,56 +79,23 @@ type entry[V any] struct {
 	exp time.Time
 }
 
-// shard is one lock's worth of entries.
-type shard[K comparable, V any] struct {
+// Shard is one lock's worth of a Map's entries: the shard of the keys whose
+// hash selects it. A key must always be used with the same hash.
+type Shard[K comparable, V any] struct {
 	rw        sync.RWMutex // the lock, unless excl
 	mu        sync.Mutex   // the lock when excl (Options.WriteMostly)
 	max       int
 	m         map[K]entry[V]
 	next      time.Time // no entry expires before next; zero when unknown
 	sweepFrom time.Time // SweepEvery: no sweep before then
+	every     time.Duration
+	full      Full
 	excl      bool
-	_         [31]byte // pad to 128 bytes: shards do not share cache lines
+	_         [22]byte // pad to 128 bytes: shards do not share cache lines
 }
 
-// lock and unlock hold the shard alone; rlock and runlock share it with
-// other readers, unless the map is WriteMostly.
-func (sh *shard[K, V]) lock() {
-	if sh.excl {
-		sh.mu.Lock()
-	} else {
-		sh.rw.Lock()
-	}
-}
-
-func (sh *shard[K, V]) unlock() {
-	if sh.excl {
-		sh.mu.Unlock()
-	} else {
-		sh.rw.Unlock()
-	}
-}
-
-func (sh *shard[K, V]) rlock() {
-	if sh.excl {
-		sh.mu.Lock()
-	} else {
-		sh.rw.RLock()
-	}
-}
-
-func (sh *shard[K, V]) runlock() {
-	if sh.excl {
-		sh.mu.Unlock()
-	} else {
-		sh.rw.RUnlock()
-	}
-}
-
-// New returns an empty Map. hash spreads the keys over the shards; it is
-// called once per operation, and never when there is one shard (it may then
-// be nil). Keys whose hash collides share a shard, never an entry.
-func New[K comparable, V any](o Options, hash func(K) uint64) *Map[K, V] {
+// New returns an empty Map.
+func New[K comparable, V any](o Options) *Map[K, V] {
 	o.Max = max(o.Max, 1)
 	n := 1
 	switch {
@@ -138,37 +108,62 @@ func New[K comparable, V any](o Options, hash func(K) uint64) *Map[K, V] {
 			n *= 2
 		}
 	}
-	if n > 1 && hash == nil {
-		panic("ttlmap: a map of several shards needs a hash")
-	}
-	m := &Map[K, V]{hash: hash, mask: uint64(n - 1), full: o.Full, every: o.SweepEvery, shards: make([]shard[K, V], n)}
+	m := &Map[K, V]{mask: uint64(n - 1), shards: make([]Shard[K, V], n)}
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.max = o.Max / n
-		sh.excl = o.WriteMostly
 		if i < o.Max%n {
 			sh.max++
 		}
 		sh.m = make(map[K]entry[V])
+		sh.every, sh.full, sh.excl = o.SweepEvery, o.Full, o.WriteMostly
 	}
 	return m
 }
 
-// shard returns the shard of k.
-func (m *Map[K, V]) shard(k K) *shard[K, V] {
-	if m.mask == 0 {
-		return &m.shards[0]
+// Shard returns the shard of the keys whose hash is h.
+func (m *Map[K, V]) Shard(h uint64) *Shard[K, V] { return &m.shards[h&m.mask] }
+
+// lock and unlock hold the shard alone; rlock and runlock share it with
+// other readers, unless the map is WriteMostly. The paths of every hit and
+// every proof (Get, put) choose the lock themselves: a method taking either
+// is too large to inline.
+func (sh *Shard[K, V]) lock() {
+	if sh.excl {
+		sh.mu.Lock()
+	} else {
+		sh.rw.Lock()
 	}
-	return &m.shards[m.hash(k)&m.mask]
+}
+
+func (sh *Shard[K, V]) unlock() {
+	if sh.excl {
+		sh.mu.Unlock()
+	} else {
+		sh.rw.Unlock()
+	}
+}
+
+func (sh *Shard[K, V]) rlock() {
+	if sh.excl {
+		sh.mu.Lock()
+	} else {
+		sh.rw.RLock()
+	}
+}
+
+func (sh *Shard[K, V]) runlock() {
+	if sh.excl {
+		sh.mu.Unlock()
+	} else {
+		sh.rw.RUnlock()
+	}
 }
 
 // Get returns the value of k, expired or not: the caller judges its
 // expiry with its own time (and its own leeway). It does not allocate.
-func (m *Map[K, V]) Get(k K) (v V, ok bool) {
-	sh := m.shard(k)
+func (sh *Shard[K, V]) Get(k K) (v V, ok bool) {
 	var e entry[V]
-	// The lock is chosen here, not in a method: a method taking either lock
-	// is too large to inline, and this is the path of every hit.
 	if sh.excl {
 		sh.mu.Lock()
 		e, ok = sh.m[k]
@@ -181,32 +176,31 @@ func (m *Map[K, V]) Get(k K) (v V, ok bool) {
 	return e.v, ok
 }
 
-// Add stores v under k until exp unless k holds an entry that
-// has not expired at now, and reports whether it stored v. full is true
-// when it did not because the shard is full and the map refuses (Refuse).
-func (m *Map[K, V]) Add(k K, v V, exp, now time.Time) (added, full bool) {
-	return m.put(k, v, exp, now, false, nil)
+// Add stores v under k until exp unless k holds an entry that has not
+// expired at now, and reports whether it stored v. full is true when it did
+// not because the shard is full and the map refuses (Refuse).
+func (sh *Shard[K, V]) Add(k K, v V, exp, now time.Time) (added, full bool) {
+	return sh.put(k, v, exp, now, false, nil)
 }
 
-// Put stores v under k until exp, replacing any entry of k,
-// and reports whether it did: it does not when the shard is full and the
-// map refuses (Refuse).
-func (m *Map[K, V]) Put(k K, v V, exp, now time.Time) bool {
-	stored, _ := m.put(k, v, exp, now, true, nil)
+// Put stores v under k until exp, replacing any entry of k, and reports
+// whether it did: it does not when the shard is full and the map refuses
+// (Refuse).
+func (sh *Shard[K, V]) Put(k K, v V, exp, now time.Time) bool {
+	stored, _ := sh.put(k, v, exp, now, true, nil)
 	return stored
 }
 
 // PutIf is Put when keep, asked under the shard's lock, reports true, and
 // does nothing otherwise. keep must not call the map, and must not panic.
-func (m *Map[K, V]) PutIf(k K, v V, exp, now time.Time, keep func() bool) bool {
-	stored, _ := m.put(k, v, exp, now, true, keep)
+func (sh *Shard[K, V]) PutIf(k K, v V, exp, now time.Time, keep func() bool) bool {
+	stored, _ := sh.put(k, v, exp, now, true, keep)
 	return stored
 }
 
 // put is Add (replace false) and Put. It unlocks on its one way out, without
 // a defer: the replay store calls it on every proof.
-func (m *Map[K, V]) put(k K, v V, exp, now time.Time, replace bool, keep func() bool) (stored, full bool) {
-	sh := m.shard(k)
+func (sh *Shard[K, V]) put(k K, v V, exp, now time.Time, replace bool, keep func() bool) (stored, full bool) {
 	if sh.excl {
 		sh.mu.Lock()
 	} else {
@@ -216,7 +210,7 @@ func (m *Map[K, V]) put(k K, v V, exp, now time.Time, replace bool, keep func() 
 	case keep != nil && !keep():
 	case present && !replace && now.Before(old.exp):
 		// live: kept
-	case !present && len(sh.m) >= sh.max && !sh.makeRoom(now, m.full, m.every):
+	case !present && len(sh.m) >= sh.max && !sh.makeRoom(now):
 		full = true
 	default:
 		sh.m[k] = entry[V]{v: v, exp: exp}
@@ -235,11 +229,11 @@ func (m *Map[K, V]) put(k K, v V, exp, now time.Time, replace bool, keep func() 
 
 // makeRoom frees a place in a full shard: it sweeps the expired entries,
 // and if none was, drops any entry or, for Refuse, reports false.
-func (sh *shard[K, V]) makeRoom(now time.Time, full Full, every time.Duration) bool {
-	if sh.sweep(now, every) {
+func (sh *Shard[K, V]) makeRoom(now time.Time) bool {
+	if sh.sweep(now) {
 		return true
 	}
-	if full == Refuse {
+	if sh.full == Refuse {
 		return false
 	}
 	for victim := range sh.m { // map iteration starts at a random entry
@@ -252,12 +246,12 @@ func (sh *shard[K, V]) makeRoom(now time.Time, full Full, every time.Duration) b
 // sweep deletes the entries expired at now and reports whether any was. It
 // costs nothing while no entry can have expired (now before next), so a
 // shard full of live entries answers in constant time.
-func (sh *shard[K, V]) sweep(now time.Time, every time.Duration) bool {
+func (sh *Shard[K, V]) sweep(now time.Time) bool {
 	if now.Before(sh.next) || now.Before(sh.sweepFrom) {
 		return false
 	}
-	if every > 0 {
-		sh.sweepFrom = now.Add(every)
+	if sh.every > 0 {
+		sh.sweepFrom = now.Add(sh.every)
 	}
 	before := len(sh.m)
 	var next time.Time
@@ -274,8 +268,7 @@ func (sh *shard[K, V]) sweep(now time.Time, every time.Duration) bool {
 }
 
 // Delete deletes the entry of k, if any.
-func (m *Map[K, V]) Delete(k K) {
-	sh := m.shard(k)
+func (sh *Shard[K, V]) Delete(k K) {
 	sh.lock()
 	delete(sh.m, k)
 	sh.unlock()
@@ -338,7 +331,7 @@ func (m *Map[K, V]) All() iter.Seq2[K, V] {
 
 // each yields the shard's entries under its read lock, and reports whether
 // yield asked for more.
-func (sh *shard[K, V]) each(yield func(K, V) bool) bool {
+func (sh *Shard[K, V]) each(yield func(K, V) bool) bool {
 	sh.rlock()
 	defer sh.runlock()
 	for k, e := range sh.m {
