@@ -124,10 +124,9 @@ func New[K comparable, V any](o Options) *Map[K, V] {
 // Shard returns the shard of the keys whose hash is h.
 func (m *Map[K, V]) Shard(h uint64) *Shard[K, V] { return &m.shards[h&m.mask] }
 
-// lock and unlock hold the shard alone; rlock and runlock share it with
-// other readers, unless the map is WriteMostly. The paths of every hit and
-// every proof (Get, put) choose the lock themselves: a method taking either
-// is too large to inline.
+// lock and unlock hold the shard alone, for what is rare (deletions, Len,
+// All). The paths of every hit and every proof (Get, put) choose the lock
+// themselves: a method taking either lock is too large to inline.
 func (sh *Shard[K, V]) lock() {
 	if sh.excl {
 		sh.mu.Lock()
@@ -141,22 +140,6 @@ func (sh *Shard[K, V]) unlock() {
 		sh.mu.Unlock()
 	} else {
 		sh.rw.Unlock()
-	}
-}
-
-func (sh *Shard[K, V]) rlock() {
-	if sh.excl {
-		sh.mu.Lock()
-	} else {
-		sh.rw.RLock()
-	}
-}
-
-func (sh *Shard[K, V]) runlock() {
-	if sh.excl {
-		sh.mu.Unlock()
-	} else {
-		sh.rw.RUnlock()
 	}
 }
 
@@ -307,9 +290,9 @@ func (m *Map[K, V]) Len() int {
 	n := 0
 	for i := range m.shards {
 		sh := &m.shards[i]
-		sh.rlock()
+		sh.lock()
 		n += len(sh.m)
-		sh.runlock()
+		sh.unlock()
 	}
 	return n
 }
@@ -318,7 +301,7 @@ func (m *Map[K, V]) Len() int {
 func (m *Map[K, V]) Shards() int { return len(m.shards) }
 
 // All yields every entry's key and value, expired or not, one shard at a
-// time under its read lock: the loop body must not modify the map.
+// time under its lock: the loop body must not call the map.
 func (m *Map[K, V]) All() iter.Seq2[K, V] {
 	return func(yield func(K, V) bool) {
 		for i := range m.shards {
@@ -329,11 +312,11 @@ func (m *Map[K, V]) All() iter.Seq2[K, V] {
 	}
 }
 
-// each yields the shard's entries under its read lock, and reports whether
+// each yields the shard's entries under its lock, and reports whether
 // yield asked for more.
 func (sh *Shard[K, V]) each(yield func(K, V) bool) bool {
-	sh.rlock()
-	defer sh.runlock()
+	sh.lock()
+	defer sh.unlock()
 	for k, e := range sh.m {
 		if !yield(k, e.v) {
 			return false
