@@ -5,10 +5,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/helsegate/helsegate/internal/ttlmap"
 )
 
 // proofHeader is a DPoP proof's protected header that passed the header
@@ -96,43 +98,32 @@ const maxCachedProofHeader = 2048
 // costs one re-parse), so a client varying its header can cost others a
 // re-parse, never memory.
 type proofHeaderCache struct {
-	mu  sync.RWMutex
-	m   map[string]*proofHeader
-	max int
+	entries *ttlmap.Map[string, *proofHeader]
+	shard   *ttlmap.Shard[string, *proofHeader] // the one shard
 }
 
+// newProofHeaderCache returns an empty cache of at most max headers, in one
+// shard: more would hash each header once more to pick one.
 func newProofHeaderCache(max int) *proofHeaderCache {
-	return &proofHeaderCache{m: make(map[string]*proofHeader), max: max}
+	entries := ttlmap.New[string, *proofHeader](ttlmap.Options{Max: max, Shards: 1, Full: ttlmap.DropAny})
+	return &proofHeaderCache{entries: entries, shard: entries.Shard(0)}
 }
 
 func (c *proofHeaderCache) get(seg string) (*proofHeader, bool) {
-	c.mu.RLock()
-	ph, ok := c.m[seg]
-	c.mu.RUnlock()
-	return ph, ok
+	return c.shard.Get(seg)
 }
 
+// put keeps ph under seg, for good (a header does not expire), unless seg is
+// cached already or too long.
 func (c *proofHeaderCache) put(seg string, ph *proofHeader) {
 	if len(seg) > maxCachedProofHeader {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[seg]; ok {
+	if _, ok := c.shard.Get(seg); ok {
 		return
 	}
-	for k := range c.m {
-		if len(c.m) < c.max {
-			break
-		}
-		delete(c.m, k)
-	}
 	// A copy: the key must not keep the whole request header alive.
-	c.m[strings.Clone(seg)] = ph
+	c.shard.Add(strings.Clone(seg), ph, ttlmap.Never, time.Time{})
 }
 
-func (c *proofHeaderCache) len() int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.m)
-}
+func (c *proofHeaderCache) len() int { return c.entries.Len() }

@@ -201,7 +201,7 @@ func TestProofHeaderCacheKeepsNoRequest(t *testing.T) {
 	c := newProofHeaderCache(1)
 	big := strings.Repeat("x", 1<<16)
 	c.put(big[:10], &proofHeader{})
-	for k := range c.m {
+	for k := range c.entries.All() {
 		if len(k) != 10 || unsafe.StringData(k) == unsafe.StringData(big) {
 			t.Fatal("unexpected key")
 		}

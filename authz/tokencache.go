@@ -2,8 +2,9 @@ package authz
 
 import (
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/helsegate/helsegate/internal/ttlmap"
 )
 
 // tokenCache keeps verified access tokens by their text until they expire, so
@@ -19,55 +20,34 @@ import (
 // already matches, and it compares whole words, so its timing cannot be
 // walked byte by byte towards a cached token.
 // It is bounded: when full, expired entries are swept (at most once per
-// tokenSweepInterval, so that a full cache of live tokens does not make every
-// new token scan it), and if that freed nothing an arbitrary entry makes room
-// (a dropped entry only costs one re-verification).
+// tokenSweepInterval, so that a full cache does not scan its entries for
+// every new token), and if that freed nothing an arbitrary entry makes room
+// (a dropped entry only costs one re-verification). It is one shard: more
+// would hash each token once more to pick one, a second pass over its
+// kilobyte.
 type tokenCache struct {
-	mu        sync.RWMutex
-	m         map[string]*verifiedToken
-	max       int
-	nextSweep time.Time
+	entries *ttlmap.Map[string, *verifiedToken]
+	shard   *ttlmap.Shard[string, *verifiedToken] // the one shard
 }
 
 // tokenSweepInterval is how often a full cache looks for expired entries.
 const tokenSweepInterval = time.Second
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{m: make(map[string]*verifiedToken), max: max}
+	entries := ttlmap.New[string, *verifiedToken](
+		ttlmap.Options{Max: max, Shards: 1, Full: ttlmap.DropAny, SweepEvery: tokenSweepInterval})
+	return &tokenCache{entries: entries, shard: entries.Shard(0)}
 }
 
 // get returns the verified token of this text, without allocating.
 func (c *tokenCache) get(token string) (*verifiedToken, bool) {
-	c.mu.RLock()
-	vt, ok := c.m[token]
-	c.mu.RUnlock()
-	return vt, ok
+	return c.shard.Get(token)
 }
 
-// put keeps vt under a copy of token (the caller's string may share memory
-// with the whole request).
+// put keeps vt until it expires under a copy of token (the caller's string
+// may share memory with the whole request).
 func (c *tokenCache) put(token string, vt *verifiedToken, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= c.max && !now.Before(c.nextSweep) {
-		c.nextSweep = now.Add(tokenSweepInterval)
-		for k, e := range c.m {
-			if !now.Before(e.exp) {
-				delete(c.m, k)
-			}
-		}
-	}
-	for k := range c.m {
-		if len(c.m) < c.max {
-			break
-		}
-		delete(c.m, k)
-	}
-	c.m[strings.Clone(token)] = vt
+	c.shard.Put(strings.Clone(token), vt, vt.exp, now)
 }
 
-func (c *tokenCache) len() int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.m)
-}
+func (c *tokenCache) len() int { return c.entries.Len() }

@@ -17,6 +17,32 @@ const BreakerFailures = 5
 // probe call through.
 const DefaultHalfOpenAfter = 5 * time.Second
 
+// BreakerState is a Breaker's state. Its value is the name that logs,
+// metrics and the health report show.
+type BreakerState string
+
+// The states of a Breaker.
+const (
+	// BreakerClosed runs every call.
+	BreakerClosed BreakerState = "closed"
+	// BreakerOpen refuses every call until the half-open delay has passed.
+	BreakerOpen BreakerState = "open"
+	// BreakerHalfOpen lets one probe through and refuses the others.
+	BreakerHalfOpen BreakerState = "half-open"
+)
+
+// breakerState names gobreaker's state.
+func breakerState(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	default:
+		return BreakerClosed
+	}
+}
+
 // ErrBreakerOpen is returned, wrapped, by Breaker.Do when the breaker refuses
 // the call without running it: open, or half-open with its probe in flight.
 var ErrBreakerOpen = errors.New("cache: circuit breaker open")
@@ -52,13 +78,12 @@ func WithHalfOpenAfter(d time.Duration) BreakerOption {
 }
 
 // WithStateChange registers fn to be told of every state change, with the
-// breaker's name and the states as State returns them ("closed", "open",
-// "half-open"), for logs and metrics. fn runs while the breaker holds its
-// lock: it must be quick and must not call the breaker.
-func WithStateChange(fn func(name, from, to string)) BreakerOption {
+// breaker's name and the states, for logs and metrics. fn runs while the
+// breaker holds its lock: it must be quick and must not call the breaker.
+func WithStateChange(fn func(name string, from, to BreakerState)) BreakerOption {
 	return func(s *breakerSettings) {
 		s.OnStateChange = func(name string, from, to gobreaker.State) {
-			fn(name, from.String(), to.String())
+			fn(name, breakerState(from), breakerState(to))
 		}
 	}
 }
@@ -121,12 +146,12 @@ func unixNano(n int64) time.Time {
 	return time.Unix(0, n)
 }
 
-// State returns "closed", "open" or "half-open" (a nil Breaker is "closed").
-func (b *Breaker) State() string {
+// State returns the breaker's state (a nil Breaker is closed).
+func (b *Breaker) State() BreakerState {
 	if b == nil {
-		return gobreaker.StateClosed.String()
+		return BreakerClosed
 	}
-	return b.cb.State().String()
+	return breakerState(b.cb.State())
 }
 
 // Do runs fn with ctx through the breaker and returns fn's error. When the

@@ -43,7 +43,7 @@ func TestBreakerCounting(t *testing.T) {
 	tests := []struct {
 		name  string
 		calls []call
-		want  string
+		want  BreakerState
 	}{
 		{"four failures stay closed", []call{fail, fail, fail, fail}, "closed"},
 		{"five failures open", []call{fail, fail, fail, fail, fail}, "open"},
@@ -103,12 +103,12 @@ func halfOpen(t *testing.T) (*Breaker, func() []string) {
 	)
 	b := NewBreaker("test",
 		WithHalfOpenAfter(time.Nanosecond),
-		WithStateChange(func(name, from, to string) {
+		WithStateChange(func(name string, from, to BreakerState) {
 			if name != "test" {
 				t.Errorf("state change of %q", name)
 			}
 			mu.Lock()
-			trans = append(trans, from+">"+to)
+			trans = append(trans, string(from)+">"+string(to))
 			mu.Unlock()
 		}))
 	for range BreakerFailures {

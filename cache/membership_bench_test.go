@@ -57,7 +57,7 @@ func BenchmarkRedisHit(b *testing.B) {
 
 	reg := newFakeRegistry(authz.SystemClock)
 	c := NewCachedMembership(reg, opts)
-	k := memKey{service: testService, org: testOrg}
+	k := tierKey{service: testService, org: testOrg}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

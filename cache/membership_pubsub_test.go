@@ -67,7 +67,7 @@ func subscribed(t *testing.T, prefix string, rs ...*replica) {
 
 // held reports whether r holds (service, org) in-process.
 func held(r *replica, service, org string) bool {
-	return r.c.local.get(memKey{service: service, org: org}) != nil
+	return r.c.local.get(tierKey{service: service, org: org}) != nil
 }
 
 func TestMembershipPubSubPair(t *testing.T) {
@@ -107,11 +107,11 @@ func TestMembershipPubSubWildcards(t *testing.T) {
 	const svc2 = "persontjenesten"
 	for _, tc := range []struct {
 		name, service, org string
-		gone, kept         []memKey
+		gone, kept         []tierKey
 	}{
-		{"all", "", "", []memKey{{testService, testOrg}, {svc2, otherOrg}}, nil},
-		{"service", testService, "", []memKey{{testService, testOrg}, {testService, otherOrg}}, []memKey{{svc2, otherOrg}}},
-		{"organization", "", testOrg, []memKey{{testService, testOrg}, {svc2, testOrg}}, []memKey{{svc2, otherOrg}}},
+		{"all", "", "", []tierKey{{testService, testOrg}, {svc2, otherOrg}}, nil},
+		{"service", testService, "", []tierKey{{testService, testOrg}, {testService, otherOrg}}, []tierKey{{svc2, otherOrg}}},
+		{"organization", "", testOrg, []tierKey{{testService, testOrg}, {svc2, testOrg}}, []tierKey{{svc2, otherOrg}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := newFakeClock()
@@ -120,7 +120,7 @@ func TestMembershipPubSubWildcards(t *testing.T) {
 			var ev events
 			b := newReplica(t, prefix, clock, MembershipCacheOptions{OnInvalidation: ev.hook})
 			subscribed(t, prefix, a, b)
-			keys := append(append([]memKey{}, tc.gone...), tc.kept...)
+			keys := append(append([]tierKey{}, tc.gone...), tc.kept...)
 			for _, r := range []*replica{a, b} {
 				for _, k := range keys {
 					lookup(t, r.c, k.service, k.org)

@@ -42,15 +42,15 @@ const membershipSpace = "v1:membership:"
 // it.
 const MembershipGenerationTTL = 30 * 24 * time.Hour
 
-// memWire is the Redis value of one entry.
-type memWire struct {
+// redisEntry is the Redis value of one entry.
+type redisEntry struct {
 	Record    *authz.Authorization `json:"record"`
 	FetchedAt time.Time            `json:"fetched_at"`
 }
 
-// memRedis is the Redis tier: every call goes through the breaker with its
+// redisTier is the Redis tier: every call goes through the breaker with its
 // own timeout, and the generation is kept in memory once read.
-type memRedis struct {
+type redisTier struct {
 	client  redis.UniversalClient
 	prefix  string
 	breaker *Breaker
@@ -62,12 +62,12 @@ type memRedis struct {
 	genSeq   uint64 // counts forgetGen and setGen: a read begun before one is not kept
 }
 
-func newMemRedis(client redis.UniversalClient, prefix string, br *Breaker, timeout time.Duration) *memRedis {
-	return &memRedis{client: client, prefix: prefix, breaker: br, timeout: timeout}
+func newRedisTier(client redis.UniversalClient, prefix string, br *Breaker, timeout time.Duration) *redisTier {
+	return &redisTier{client: client, prefix: prefix, breaker: br, timeout: timeout}
 }
 
 // do runs fn through the breaker with the tier's timeout.
-func (r *memRedis) do(ctx context.Context, fn func(context.Context) error) error {
+func (r *redisTier) do(ctx context.Context, fn func(context.Context) error) error {
 	return r.breaker.Do(ctx, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, r.timeout)
 		defer cancel()
@@ -77,7 +77,7 @@ func (r *memRedis) do(ctx context.Context, fn func(context.Context) error) error
 
 // generation returns the current generation, read from Redis the first time
 // and after every forgetGen.
-func (r *memRedis) generation(ctx context.Context) (int64, error) {
+func (r *redisTier) generation(ctx context.Context) (int64, error) {
 	r.mu.Lock()
 	gen, known, seq := r.gen, r.genKnown, r.genSeq
 	r.mu.Unlock()
@@ -101,7 +101,7 @@ func (r *memRedis) generation(ctx context.Context) (int64, error) {
 }
 
 // forgetGen makes the next lookup read the generation again.
-func (r *memRedis) forgetGen() {
+func (r *redisTier) forgetGen() {
 	r.mu.Lock()
 	r.genKnown = false
 	r.genSeq++
@@ -109,7 +109,7 @@ func (r *memRedis) forgetGen() {
 }
 
 // setGen records gen, the answer of our own INCR.
-func (r *memRedis) setGen(gen int64) {
+func (r *redisTier) setGen(gen int64) {
 	r.mu.Lock()
 	r.gen, r.genKnown = gen, true
 	r.genSeq++
@@ -118,7 +118,7 @@ func (r *memRedis) setGen(gen int64) {
 
 // get returns the entry of k, whether there is one, and an error when Redis
 // did not answer or holds a value that does not parse.
-func (r *memRedis) get(ctx context.Context, k memKey) (authz.Answer, bool, error) {
+func (r *redisTier) get(ctx context.Context, k tierKey) (authz.Answer, bool, error) {
 	gen, err := r.generation(ctx)
 	if err != nil {
 		return authz.Answer{}, false, err
@@ -135,7 +135,7 @@ func (r *memRedis) get(ctx context.Context, k memKey) (authz.Answer, bool, error
 	if err != nil || raw == nil {
 		return authz.Answer{}, false, err
 	}
-	var w memWire
+	var w redisEntry
 	if err := json.Unmarshal(raw, &w); err != nil {
 		return authz.Answer{}, false, fmt.Errorf("cache: membership entry in redis does not parse: %w", err)
 	}
@@ -148,12 +148,12 @@ func (r *memRedis) get(ctx context.Context, k memKey) (authz.Answer, bool, error
 // set writes ans under k for keep (rounded up to whole milliseconds) with a
 // SET … PX, pipelined with a PEXPIRE that refreshes the generation's TTL
 // (generation 0 has no key to refresh: it was never incremented).
-func (r *memRedis) set(ctx context.Context, k memKey, ans authz.Answer, keep time.Duration) error {
+func (r *redisTier) set(ctx context.Context, k tierKey, ans authz.Answer, keep time.Duration) error {
 	gen, err := r.generation(ctx)
 	if err != nil {
 		return err
 	}
-	val, err := json.Marshal(memWire{Record: ans.Record, FetchedAt: ans.FetchedAt})
+	val, err := json.Marshal(redisEntry{Record: ans.Record, FetchedAt: ans.FetchedAt})
 	if err != nil {
 		return err
 	}
@@ -220,11 +220,11 @@ func forgetShared(ctx context.Context, client redis.UniversalClient, prefix, ser
 	if err != nil {
 		return 0, err
 	}
-	return gen, client.Del(ctx, membershipKey(prefix, gen, memKey{service: service, org: org})).Err()
+	return gen, client.Del(ctx, membershipKey(prefix, gen, tierKey{service: service, org: org})).Err()
 }
 
 // membershipKey returns the Redis key of k in generation gen.
-func membershipKey(prefix string, gen int64, k memKey) string {
+func membershipKey(prefix string, gen int64, k tierKey) string {
 	return prefix + membershipSpace + strconv.FormatInt(gen, 10) + ":" + keyPart(k.service) + ":" + keyPart(k.org)
 }
 

@@ -106,7 +106,7 @@ func TestMembershipStaleWhileFailingAnswersAtOnce(t *testing.T) {
 	// The registry answers: the refresh stores it, the next lookup is fresh.
 	release()
 	eventually(t, waitLimit, "the background refresh storing its answer", func() bool {
-		e := c.local.get(memKey{service: testService, org: testOrg})
+		e := c.local.get(tierKey{service: testService, org: testOrg})
 		return e != nil && clock.Now().Before(e.freshUntil)
 	})
 	if ans := lookup(t, c, testService, testOrg); ans.Stale || ans.Source != TierLocal || !ans.FetchedAt.Equal(clock.Now()) {
@@ -189,7 +189,7 @@ func TestMembershipRefreshContext(t *testing.T) {
 		cancel()
 		release()
 		eventually(t, waitLimit, "the refresh storing its answer", func() bool {
-			e := c.local.get(memKey{service: testService, org: testOrg})
+			e := c.local.get(tierKey{service: testService, org: testOrg})
 			return e != nil && clock.Now().Before(e.freshUntil)
 		})
 	})

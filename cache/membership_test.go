@@ -396,14 +396,14 @@ func TestMembershipInvalidateDuringFill(t *testing.T) {
 
 func TestMembershipInvalidateLocal(t *testing.T) {
 	const svc2 = "persontjenesten"
-	all := []memKey{{testService, testOrg}, {testService, otherOrg}, {svc2, testOrg}, {svc2, otherOrg}}
+	all := []tierKey{{testService, testOrg}, {testService, otherOrg}, {svc2, testOrg}, {svc2, otherOrg}}
 	for _, tc := range []struct {
 		name, service, org string
-		gone               []memKey
+		gone               []tierKey
 	}{
 		{"pair", testService, testOrg, all[:1]},
 		{"service", testService, "", all[:2]},
-		{"organization", "", testOrg, []memKey{all[0], all[2]}},
+		{"organization", "", testOrg, []tierKey{all[0], all[2]}},
 		{"all", "", "", all},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -463,8 +463,8 @@ func TestMembershipLocalBound(t *testing.T) {
 	t.Run("sharded", func(t *testing.T) {
 		clock := newFakeClock()
 		c := NewCachedMembership(newFakeRegistry(clock), MembershipCacheOptions{Clock: clock, LocalMax: 5000})
-		if len(c.local.shards) < 2 {
-			t.Fatalf("%d shards", len(c.local.shards))
+		if c.local.entries.Shards() < 2 {
+			t.Fatalf("%d shards", c.local.entries.Shards())
 		}
 		for i := range 20000 {
 			lookup(t, c, testService, fmt.Sprintf("%09d", i))
@@ -565,7 +565,7 @@ func TestMembershipHangingRegistryOpensBreaker(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		fetch     time.Duration
-		wantState string
+		wantState BreakerState
 	}{
 		{"fill bound from the registry timeout", MembershipFetchTimeout(registryTimeout, 0), "open"},
 		{"fill bound below the registry timeout", registryTimeout / 2, "closed"},

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"sync"
 	"time"
 
 	"github.com/helsegate/helsegate/authz"
+	"github.com/helsegate/helsegate/internal/ttlmap"
 )
 
 // DefaultLocalReplayEntries bounds a LocalReplay created with maxEntries <= 0.
@@ -59,19 +59,9 @@ func errBadTTL(ttl time.Duration) error {
 // collide (about 2^-64 for any pair, and the seeds are secret) would only make
 // a fresh proof look like a replay, never the other way round.
 type LocalReplay struct {
-	clock  authz.Clock
-	seeds  [2]maphash.Seed
-	mask   uint64
-	shards []replayShard
-}
-
-// replayShard is one lock's worth of entries.
-type replayShard struct {
-	mu   sync.Mutex
-	max  int
-	m    map[[2]uint64]time.Time // key hash -> instant the entry expires
-	next time.Time               // no entry expires before next; zero when unknown
-	_    [80]byte                // pad to 128 bytes: shards do not share cache lines
+	clock   authz.Clock
+	seeds   [2]maphash.Seed
+	entries *ttlmap.Map[[2]uint64, struct{}] // key hashes, each until it expires
 }
 
 // NewLocalReplay returns an empty LocalReplay that holds at most maxEntries
@@ -84,26 +74,11 @@ func NewLocalReplay(maxEntries int, clock authz.Clock) *LocalReplay {
 	if clock == nil {
 		clock = authz.SystemClock
 	}
-	// One shard per 1024..2047 entries, at most 64: a small store is exact.
-	n := 1
-	for n < 64 && maxEntries/(2*n) >= 1024 {
-		n *= 2
+	return &LocalReplay{
+		clock:   clock,
+		seeds:   [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		entries: ttlmap.New[[2]uint64, struct{}](ttlmap.Options{Max: maxEntries, Full: ttlmap.Refuse, WriteMostly: true}),
 	}
-	s := &LocalReplay{
-		clock:  clock,
-		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		mask:   uint64(n - 1),
-		shards: make([]replayShard, n),
-	}
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.max = maxEntries / n
-		if i < maxEntries%n {
-			sh.max++
-		}
-		sh.m = make(map[[2]uint64]time.Time)
-	}
-	return s
 }
 
 // FirstUse records key until clock.Now()+ttl and reports whether it was not
@@ -115,57 +90,13 @@ func (s *LocalReplay) FirstUse(_ context.Context, key string, _ time.Time, ttl t
 		return false, errBadTTL(ttl)
 	}
 	h := [2]uint64{maphash.String(s.seeds[0], key), maphash.String(s.seeds[1], key)}
-	sh := &s.shards[h[0]&s.mask]
 	now := s.clock.Now()
-
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	exp, seen := sh.m[h]
-	if seen && now.Before(exp) {
-		return false, nil // live: a replay
-	}
-	if !seen && len(sh.m) >= sh.max && !sh.sweep(now) {
+	// The key is a hash already: its first half picks the shard.
+	added, full := s.entries.Shard(h[0]).Add(h, struct{}{}, now.Add(ttl), now)
+	if full {
 		return false, ErrReplayStoreFull
 	}
-	exp = now.Add(ttl)
-	sh.m[h] = exp
-	if sh.next.IsZero() || exp.Before(sh.next) {
-		sh.next = exp
-	}
-	return true, nil
-}
-
-// Len returns the number of entries held, expired ones not yet swept included.
-func (s *LocalReplay) Len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
-}
-
-// sweep deletes the entries expired at now and reports whether any was.
-// It costs nothing while no entry can have expired (now before next), so a
-// store full of live entries refuses in constant time.
-func (sh *replayShard) sweep(now time.Time) bool {
-	if now.Before(sh.next) {
-		return false
-	}
-	before := len(sh.m)
-	var next time.Time
-	for h, exp := range sh.m {
-		switch {
-		case !now.Before(exp):
-			delete(sh.m, h)
-		case next.IsZero() || exp.Before(next):
-			next = exp
-		}
-	}
-	sh.next = next
-	return len(sh.m) < before
+	return added, nil // not added: live, a replay
 }
 
 // TieredReplay is the replay store of a gateway with Redis: an in-process

@@ -164,12 +164,11 @@ var errEvicting = errors.New("maxmemory-policy must be noeviction: replay record
 // One verification runs at a time per shard; the ones waiting behind it use
 // its result when it is recent enough.
 func (sh *redisShard) verify(ctx context.Context) error {
-	r := sh.r
-	idEpoch := r.ids.Epoch()
+	idEpoch := sh.r.ids.Epoch()
 	if !sh.vmu.TryLock() {
 		// While the breaker is not closed its probe is the one out: the
 		// others fail at once rather than queue behind it.
-		if sh.breaker.State() != "closed" {
+		if sh.breaker.State() != BreakerClosed {
 			return fmt.Errorf("%w: a verification is out", ErrBreakerOpen)
 		}
 		sh.vmu.Lock()
@@ -179,74 +178,109 @@ func (sh *redisShard) verify(ctx context.Context) error {
 		return nil // verified meanwhile, by the call ahead
 	}
 	return sh.breaker.Do(ctx, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		ctx, cancel := context.WithTimeout(ctx, sh.r.timeout)
 		defer cancel()
-		key, err := r.markerKey(ctx, sh)
-		if err != nil {
-			return err
-		}
-		node := sh.client
-		pipe := node.Pipeline()
-		info := pipe.Info(ctx, "server", "replication", "memory")
-		cur := pipe.GetEx(ctx, key, markerTTL)
-		_, _ = pipe.Exec(ctx)
-		if err := info.Err(); err != nil {
-			return fmt.Errorf("INFO server replication: %w", err)
-		}
-		if err := cur.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			return err
-		}
-		srv := parseServerInfo(info.Val())
-		if srv.runID == "" {
-			return errors.New("INFO server gave no run_id")
-		}
-		if srv.major < 7 {
-			return errOldRedis
-		}
-		if srv.evicts {
-			return errEvicting
-		}
-		in := epochInput{runID: srv.runID, uptime: srv.uptime, promoted: srv.promoted, present: cur.Err() == nil, marker: cur.Val()}
-		for range 2 { // a second round when another replica created the marker first
-			r.mu.Lock()
-			k := r.epochs[key]
-			r.mu.Unlock()
-			now := r.clock.Now()
-			next, m, write, why := epochStep(k, in, now, time.Duration(r.skew.Load()), time.Duration(r.window.Load()))
-			value := m.String()
-			if write == markerKeep {
-				value = in.marker // as the batches will read it back
-			}
-			switch write {
-			case markerCreate:
-				prev, err := node.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", Get: true, TTL: markerTTL}).Result()
-				if err == nil { // someone else's marker got there first: judge that one
-					in.present, in.marker = true, prev
-					continue
-				}
-				if !errors.Is(err, redis.Nil) {
-					return err
-				}
-			case markerOverwrite:
-				if err := node.Set(ctx, key, value, markerTTL).Err(); err != nil {
-					return err
-				}
-			}
-			r.mu.Lock()
-			r.epochs[key] = next
-			r.mu.Unlock()
-			// A floor older than a proof window refuses nothing: not worth a word.
-			live := m.floor.After(now.Add(-time.Duration(r.window.Load())))
-			if !m.floor.IsZero() && atomicMax(&sh.floor, m.floor.UnixNano()) && live && why != "" && r.onLoss != nil {
-				r.onLoss(why, m.floor)
-			}
-			sh.refreshedAt.Store(time.Now().UnixNano())
-			sh.failingSince.Store(0)
-			sh.state.Store(&shardState{markerKey: key, marker: value, idEpoch: idEpoch})
-			return nil
-		}
-		return errors.New("the epoch marker changed during verification")
+		return sh.verifyServer(ctx, idEpoch)
 	})
+}
+
+// verifyServer is one verification, through the breaker: it reads the
+// server and the marker, then settles the marker.
+func (sh *redisShard) verifyServer(ctx context.Context, idEpoch uint64) error {
+	key, err := sh.r.markerKey(ctx, sh)
+	if err != nil {
+		return err
+	}
+	in, err := sh.readServer(ctx, key)
+	if err != nil {
+		return err
+	}
+	for range 2 { // a second round when another replica created the marker first
+		if raced, err := sh.settleMarker(ctx, key, &in, idEpoch); !raced {
+			return err
+		}
+	}
+	return errors.New("the epoch marker changed during verification")
+}
+
+// readServer reads, in one round trip, what a verification judges: the
+// server's identity, uptime and role, and the marker under key (whose TTL
+// it refreshes). It fails for a server the store cannot trust with replay
+// records (too old, or evicting keys).
+func (sh *redisShard) readServer(ctx context.Context, key string) (epochInput, error) {
+	pipe := sh.client.Pipeline()
+	info := pipe.Info(ctx, "server", "replication", "memory")
+	cur := pipe.GetEx(ctx, key, markerTTL)
+	_, _ = pipe.Exec(ctx)
+	if err := info.Err(); err != nil {
+		return epochInput{}, fmt.Errorf("INFO server replication: %w", err)
+	}
+	if err := cur.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return epochInput{}, err
+	}
+	srv := parseServerInfo(info.Val())
+	if srv.runID == "" {
+		return epochInput{}, errors.New("INFO server gave no run_id")
+	}
+	if srv.major < 7 {
+		return epochInput{}, errOldRedis
+	}
+	if srv.evicts {
+		return epochInput{}, errEvicting
+	}
+	return epochInput{runID: srv.runID, uptime: srv.uptime, promoted: srv.promoted, present: cur.Err() == nil, marker: cur.Val()}, nil
+}
+
+// settleMarker applies epochStep to what this process knew of the marker
+// under key and what the server shows (in), writes the marker when it must,
+// and adopts the result. raced is true when another replica created the
+// marker first: in then holds that marker, to be judged in another round.
+func (sh *redisShard) settleMarker(ctx context.Context, key string, in *epochInput, idEpoch uint64) (raced bool, err error) {
+	r := sh.r
+	r.mu.Lock()
+	k := r.epochs[key]
+	r.mu.Unlock()
+	now := r.clock.Now()
+	next, m, write, why := epochStep(k, *in, now, time.Duration(r.skew.Load()), time.Duration(r.window.Load()))
+	value := m.String()
+	if write == markerKeep {
+		value = in.marker // as the batches will read it back
+	}
+	switch write {
+	case markerCreate:
+		prev, err := sh.client.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", Get: true, TTL: markerTTL}).Result()
+		if err == nil { // someone else's marker got there first: judge that one
+			in.present, in.marker = true, prev
+			return true, nil
+		}
+		if !errors.Is(err, redis.Nil) {
+			return false, err
+		}
+	case markerOverwrite:
+		if err := sh.client.Set(ctx, key, value, markerTTL).Err(); err != nil {
+			return false, err
+		}
+	}
+	sh.adopt(key, value, next, m, why, now, idEpoch)
+	return false, nil
+}
+
+// adopt records a settled marker: what this process now knows of it, the
+// shard's floor (told to OnLoss when raised by a loss), and the shard's
+// verified state.
+func (sh *redisShard) adopt(key, value string, next epochKnowledge, m epochMarker, why string, now time.Time, idEpoch uint64) {
+	r := sh.r
+	r.mu.Lock()
+	r.epochs[key] = next
+	r.mu.Unlock()
+	// A floor older than a proof window refuses nothing: not worth a word.
+	live := m.floor.After(now.Add(-time.Duration(r.window.Load())))
+	if !m.floor.IsZero() && atomicMax(&sh.floor, m.floor.UnixNano()) && live && why != "" && r.onLoss != nil {
+		r.onLoss(why, m.floor)
+	}
+	sh.refreshedAt.Store(time.Now().UnixNano())
+	sh.failingSince.Store(0)
+	sh.state.Store(&shardState{markerKey: key, marker: value, idEpoch: idEpoch})
 }
 
 // markerKey returns the shard's marker key. On Cluster it carries the first

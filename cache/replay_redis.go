@@ -184,27 +184,63 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 	}
 	atomicMax(&r.window, int64(ttl))
 	full := r.prefix + replaySpace + key
+	sh, err := r.verifiedShard(ctx, full, issuedAt)
+	if err != nil {
+		return false, err
+	}
+	val := r.valuePrefix + strconv.FormatUint(r.seq.Add(1), 36)
+	call, err := sh.setNX(ctx, full, val, ttl)
+	if err != nil {
+		return false, r.failure(ctx, sh, err)
+	}
+	if errors.Is(call.cmd.Err(), redis.Nil) {
+		own, err := sh.setByCall(ctx, full, val)
+		if err != nil {
+			return false, r.failure(ctx, sh, err)
+		}
+		if !own {
+			return false, nil // set by another call: a replay
+		}
+	}
+	if call.untrusted != nil {
+		return false, r.failure(ctx, sh, call.untrusted)
+	}
+	if issuedAt.UnixNano() < sh.floor.Load() {
+		return false, sh.recovering() // the batch's marker check declared or learned of a loss
+	}
+	return true, nil
+}
+
+// verifiedShard returns the shard that owns full, verified, or the error
+// FirstUse returns: a *StoreFailure, or for a proof issued before the
+// shard's floor one that wraps authz.ErrStoreRecovering.
+func (r *RedisReplay) verifiedShard(ctx context.Context, full string, issuedAt time.Time) (*redisShard, error) {
 	sh, err := r.shardFor(ctx, full)
 	if err != nil {
-		return false, r.failure(ctx, nil, err)
+		return nil, r.failure(ctx, nil, err)
 	}
 	r.failingSince.Store(0)
 	if issuedAt.UnixNano() < sh.floor.Load() {
-		return false, sh.recovering()
+		return nil, sh.recovering()
 	}
 	if sh.state.Load() == nil {
 		if err := sh.verify(ctx); err != nil {
-			return false, r.failure(ctx, sh, err)
+			return nil, r.failure(ctx, sh, err)
 		}
 		if issuedAt.UnixNano() < sh.floor.Load() {
-			return false, sh.recovering()
+			return nil, sh.recovering()
 		}
 	}
+	return sh, nil
+}
+
+// setNX sends `SET full val PX ttl NX` in the shard's next batch and
+// returns the call, whose command's error is nil (OK: set) or redis.Nil
+// (the key was there).
+func (sh *redisShard) setNX(ctx context.Context, full, val string, ttl time.Duration) (*replayCall, error) {
 	ms := int64((ttl + time.Millisecond - 1) / time.Millisecond)
-	val := r.valuePrefix + strconv.FormatUint(r.seq.Add(1), 36)
-	var call *replayCall
 	for attempt := 0; ; attempt++ {
-		call = &replayCall{
+		call := &replayCall{
 			cmd:  redis.NewStatusCmd(ctx, "set", full, val, "px", ms, "nx"),
 			val:  val,
 			turn: make(chan bool, 1),
@@ -216,41 +252,35 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 			}
 		}
 		if err == nil {
-			break
+			return call, nil
 		}
 		// A call that timed out is sent once more, with the same value: if
 		// the first attempt reached the server, the second finds its own
 		// value and the proof is still fresh. A slow moment of Redis (or of
 		// this machine) then costs a second round trip instead of a refusal.
 		if attempt > 0 || ctx.Err() != nil || !isTimeout(err) {
-			return false, r.failure(ctx, sh, err)
+			return nil, err
 		}
 	}
-	if errors.Is(call.cmd.Err(), redis.Nil) {
-		// The key was there: a replay, unless this call's own earlier
-		// attempt set it (its reply lost, go-redis or the loop above sent
-		// the SET again). Asked only then, so a fresh proof costs one
-		// command whose reply is not an error (go-redis handles a nil reply
-		// in a pipeline as a failed command, at a cost).
-		gctx, cancel := context.WithTimeout(ctx, r.timeout)
-		prev, err := sh.client.Get(gctx, full).Result()
-		cancel()
-		switch {
-		case err == nil && prev == val:
-			// Fresh: this call's own first attempt set the key.
-		case err == nil || errors.Is(err, redis.Nil):
-			return false, nil // set by another call: a replay
-		default:
-			return false, r.failure(ctx, sh, err)
-		}
+}
+
+// setByCall reports whether the key full, found there by a SET NX, holds
+// val: a replay, unless this call's own earlier attempt set it (its reply
+// lost, go-redis or setNX sent the SET again). Asked only then, so a fresh
+// proof costs one command whose reply is not an error (go-redis handles a
+// nil reply in a pipeline as a failed command, at a cost).
+func (sh *redisShard) setByCall(ctx context.Context, full, val string) (bool, error) {
+	gctx, cancel := context.WithTimeout(ctx, sh.r.timeout)
+	prev, err := sh.client.Get(gctx, full).Result()
+	cancel()
+	switch {
+	case err == nil && prev == val:
+		return true, nil // fresh: this call's own first attempt set the key
+	case err == nil || errors.Is(err, redis.Nil):
+		return false, nil // set by another call
+	default:
+		return false, err
 	}
-	if call.untrusted != nil {
-		return false, r.failure(ctx, sh, call.untrusted)
-	}
-	if issuedAt.UnixNano() < sh.floor.Load() {
-		return false, sh.recovering() // the batch's marker check declared or learned of a loss
-	}
-	return true, nil
 }
 
 // shardFor returns the shard that owns key.
@@ -398,7 +428,7 @@ var errBatchAbandoned = errors.New("the batch carrying this call was abandoned")
 // the breaker is not closed the call goes alone: an open breaker fails it at
 // once, queueing behind nobody, and a half-open one lets one probe through.
 func (sh *redisShard) run(ctx context.Context, call *replayCall) error {
-	if sh.breaker.State() != "closed" {
+	if sh.breaker.State() != BreakerClosed {
 		sh.send(ctx, []*replayCall{call})
 		return call.err
 	}

@@ -98,8 +98,8 @@ func TestLocalReplayBoundWithShards(t *testing.T) {
 	const max = 10_000
 	clock := newFakeClock()
 	s := NewLocalReplay(max, clock)
-	if len(s.shards) < 2 {
-		t.Fatalf("%d shards, want several", len(s.shards))
+	if s.entries.Shards() < 2 {
+		t.Fatalf("%d shards, want several", s.entries.Shards())
 	}
 	accepted := 0
 	for i := range 2 * max {

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/time/rate"
 
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
@@ -54,7 +55,7 @@ func TestAuditEveryReason(t *testing.T) {
 	h := &Handler{
 		audit:      zap.New(ac).Named(testAuditName),
 		logger:     zap.NewNop(),
-		depLog:     &logEvery{interval: time.Hour},
+		depLog:     rate.NewLimiter(rate.Every(time.Hour), 1),
 		membership: &authz.MembershipCheck{Service: testService},
 	}
 	caller := &authz.Principal{ClientID: "client-1", TokenID: "jti-1", Kind: authz.KindUser, SecurityLevel: "4",
@@ -209,7 +210,7 @@ func TestAuditServeHTTP(t *testing.T) {
 // allocation more.
 func TestAuditMembershipAge(t *testing.T) {
 	ac, audit := observer.New(zapcore.DebugLevel)
-	h := &Handler{audit: zap.New(ac).Named(testAuditName), logger: zap.NewNop(), depLog: &logEvery{interval: time.Hour},
+	h := &Handler{audit: zap.New(ac).Named(testAuditName), logger: zap.NewNop(), depLog: rate.NewLimiter(rate.Every(time.Hour), 1),
 		membership: &authz.MembershipCheck{Service: testService}}
 	r := httptest.NewRequest("GET", "http://example.com/fhir/Patient", nil)
 	base := authz.Principal{ClientID: "client-1", OrgParent: testOrg}

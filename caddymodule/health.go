@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/helsegate/helsegate/cache"
 )
 
 // set is a set of the live pooled objects of this process. The admin
@@ -82,26 +84,26 @@ type issuerHealth struct {
 }
 
 type redisHealth struct {
-	Addrs       []string   `json:"addrs"`
-	Status      string     `json:"status"`
-	Breaker     string     `json:"breaker"`
-	Ping        string     `json:"ping"`
-	PingMillis  float64    `json:"ping_ms"`
-	Error       string     `json:"error,omitempty"`
-	LastSuccess *time.Time `json:"last_success,omitempty"`
-	LastFailure *time.Time `json:"last_failure,omitempty"`
+	Addrs       []string           `json:"addrs"`
+	Status      string             `json:"status"`
+	Breaker     cache.BreakerState `json:"breaker"`
+	Ping        string             `json:"ping"`
+	PingMillis  float64            `json:"ping_ms"`
+	Error       string             `json:"error,omitempty"`
+	LastSuccess *time.Time         `json:"last_success,omitempty"`
+	LastFailure *time.Time         `json:"last_failure,omitempty"`
 }
 
 type registryHealth struct {
-	Service     string     `json:"service"`
-	Source      string     `json:"source"` // "http" or "file"
-	URL         string     `json:"url,omitempty"`
-	Path        string     `json:"path,omitempty"`
-	Status      string     `json:"status"`
-	Breaker     string     `json:"breaker,omitempty"`
-	LastSuccess *time.Time `json:"last_success,omitempty"`
-	AgeSeconds  *float64   `json:"age_seconds,omitempty"`
-	LastFailure *time.Time `json:"last_failure,omitempty"`
+	Service     string             `json:"service"`
+	Source      string             `json:"source"` // "http" or "file"
+	URL         string             `json:"url,omitempty"`
+	Path        string             `json:"path,omitempty"`
+	Status      string             `json:"status"`
+	Breaker     cache.BreakerState `json:"breaker,omitempty"`
+	LastSuccess *time.Time         `json:"last_success,omitempty"`
+	AgeSeconds  *float64           `json:"age_seconds,omitempty"`
+	LastFailure *time.Time         `json:"last_failure,omitempty"`
 }
 
 // health answers GET /helseid/health: 200 when nothing is down, 503 when
@@ -232,9 +234,9 @@ func httpRegistryHealth(pm *pooledMembership, now time.Time) registryHealth {
 		rh.LastFailure = timePtr(t)
 	}
 	switch rh.Breaker {
-	case "open":
+	case cache.BreakerOpen:
 		rh.Status = healthDown
-	case "half-open":
+	case cache.BreakerHalfOpen:
 		rh.Status = healthDegraded
 	default:
 		rh.Status = healthOK
@@ -261,7 +263,7 @@ func redisStatus(ctx context.Context, pr *pooledRedis) redisHealth {
 	case err != nil:
 		rh.Ping, rh.Status = "error", healthDown
 		rh.Error = pr.redact(err).Error()
-	case rh.Breaker != "closed":
+	case rh.Breaker != cache.BreakerClosed:
 		rh.Ping, rh.Status = "ok", healthDegraded
 	default:
 		rh.Ping, rh.Status = "ok", healthOK

@@ -390,7 +390,7 @@ func (h *Handler) allowAuditLogger() *zap.Logger {
 func (h *Handler) auditDenial(ctx context.Context, r *http.Request, derr *authz.Error) {
 	h.auditDecision(ctx, r, "deny", derr.Reason, status(derr.Class), derr.Caller)
 	if derr.Class == authz.Unavailable {
-		if !h.depLog.allow() {
+		if !h.depLog.Allow() {
 			return
 		}
 		h.logger.Error("a dependency needed for the decision is unavailable", zap.String("reason", derr.Reason), zap.Error(derr.Err))

@@ -303,10 +303,10 @@ func redisIdentity(r *cache.RedisConfig) string {
 }
 
 // breakerChanged logs a breaker's state change and counts it.
-func breakerChanged(logger *zap.Logger) func(name, from, to string) {
+func breakerChanged(logger *zap.Logger) func(name string, from, to cache.BreakerState) {
 	m := getMetrics()
-	return func(name, from, to string) {
+	return func(name string, from, to cache.BreakerState) {
 		m.breakerChanged(name, from, to)
-		logger.Warn("circuit breaker changed state", zap.String("dependency", name), zap.String("from", from), zap.String("to", to))
+		logger.Warn("circuit breaker changed state", zap.String("dependency", name), zap.String("from", string(from)), zap.String("to", string(to)))
 	}
 }

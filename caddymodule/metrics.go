@@ -190,8 +190,8 @@ func (m *helseidMetrics) createSeries() {
 		_ = m.replayLosses.WithLabelValues(why)
 	}
 	for _, dep := range []string{"redis", "registry"} {
-		for _, to := range []string{"closed", "half-open", "open"} {
-			_ = m.breakerTransitions.WithLabelValues(dep, to)
+		for _, to := range []cache.BreakerState{cache.BreakerClosed, cache.BreakerHalfOpen, cache.BreakerOpen} {
+			_ = m.breakerTransitions.WithLabelValues(dep, string(to))
 		}
 	}
 }
@@ -309,8 +309,8 @@ func (m *helseidMetrics) jwksRefresh(ok bool) {
 }
 
 // breakerChanged is cache.WithStateChange's function, for the transitions.
-func (m *helseidMetrics) breakerChanged(name, _, to string) {
-	m.breakerTransitions.WithLabelValues(name, to).Inc()
+func (m *helseidMetrics) breakerChanged(name string, _, to cache.BreakerState) {
+	m.breakerTransitions.WithLabelValues(name, string(to)).Inc()
 }
 
 // breakerCollector reports caddy_helseid_breaker_state at scrape time: for
@@ -381,11 +381,11 @@ func jwksGauges(sts []authz.KeyStatus, now time.Time) (age float64, fetched bool
 }
 
 // breakerStateValue is the gauge value of a breaker state.
-func breakerStateValue(state string) float64 {
+func breakerStateValue(state cache.BreakerState) float64 {
 	switch state {
-	case "open":
+	case cache.BreakerOpen:
 		return 2
-	case "half-open":
+	case cache.BreakerHalfOpen:
 		return 1
 	default:
 		return 0

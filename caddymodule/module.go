@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/cache"
@@ -141,7 +142,7 @@ type Handler struct {
 
 	resourceMetadataAt caddyfile.Token // where the Caddyfile said resource_metadata, for its errors
 	poolKeys           []string
-	depLog             *logEvery // dead-dependency lines: at most one per 10 s
+	depLog             *rate.Limiter // dead-dependency lines: at most one per 10 s
 	metrics            *routeMetrics
 }
 
@@ -157,7 +158,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // It does no network I/O: keys are fetched and Redis is dialed on first use.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.depLog = &logEvery{interval: 10 * time.Second}
+	h.depLog = rate.NewLimiter(rate.Every(10*time.Second), 1)
 	h.audit = h.logger.Named("audit")
 	route, err := h.routeLabel()
 	if err != nil {

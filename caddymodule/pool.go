@@ -177,7 +177,7 @@ func (h *Handler) replayStore(pr *pooledRedis, futureSkew time.Duration) (authz.
 	shared.AllowFutureSkew(futureSkew)
 	return cache.NewTieredReplay(local, shared, h.OnStoreError, func(err error) {
 		m.replayFallbacks.Inc()
-		if h.depLog.allow() {
+		if h.depLog.Allow() {
 			logger.Warn("redis replay store failed; using the in-process store", zap.Error(err))
 		}
 	})

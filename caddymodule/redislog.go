@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // redisLoggerName is the logger of go-redis's own log lines.
@@ -47,7 +48,7 @@ func installRedisLogger(secrets []string) {
 // userinfo of anything that looks like a URL.
 type redisLogger struct {
 	logger  func() *zap.Logger // the default log may change with a reload: asked per line
-	every   logEvery
+	every   *rate.Limiter      // one line per redisLogInterval
 	dropped atomic.Int64
 
 	mu      sync.RWMutex
@@ -55,7 +56,7 @@ type redisLogger struct {
 }
 
 func newRedisLogger(logger func() *zap.Logger) *redisLogger {
-	return &redisLogger{logger: logger, every: logEvery{interval: redisLogInterval}}
+	return &redisLogger{logger: logger, every: rate.NewLimiter(rate.Every(redisLogInterval), 1)}
 }
 
 // addSecrets adds strings that must never appear in a line. They are kept
@@ -74,7 +75,7 @@ func (l *redisLogger) addSecrets(secrets []string) {
 
 // Printf is go-redis's call for one log line.
 func (l *redisLogger) Printf(_ context.Context, format string, v ...any) {
-	if !l.every.allow() {
+	if !l.every.Allow() {
 		l.dropped.Add(1)
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/time/rate"
 
 	"github.com/helsegate/helsegate/cache"
 )
@@ -19,7 +20,7 @@ import (
 func observedRedisLogger() (*redisLogger, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	l := newRedisLogger(func() *zap.Logger { return zap.New(core).Named(redisLoggerName) })
-	l.every.interval = time.Hour
+	l.every = rate.NewLimiter(rate.Every(time.Hour), 1)
 	return l, logs
 }
 
@@ -51,7 +52,7 @@ func TestRedisLoggerRateLimited(t *testing.T) {
 	if n := logs.Len(); n != 1 {
 		t.Fatalf("100 lines within the interval gave %d entries, want 1", n)
 	}
-	l.every.last.Store(0) // the interval has passed
+	l.every = rate.NewLimiter(rate.Every(time.Hour), 1) // as if the interval had passed
 	l.Printf(context.Background(), "redis: after the interval")
 	entries := logs.All()
 	if len(entries) != 2 {
@@ -60,7 +61,7 @@ func TestRedisLoggerRateLimited(t *testing.T) {
 	if got := entries[1].ContextMap()["dropped"]; got != int64(99) {
 		t.Errorf("the line after the interval says dropped=%v, want 99", got)
 	}
-	l.every.last.Store(0)
+	l.every = rate.NewLimiter(rate.Every(time.Hour), 1)
 	l.Printf(context.Background(), "redis: again")
 	if _, ok := logs.All()[2].ContextMap()["dropped"]; ok {
 		t.Errorf("dropped reported twice: %v", logs.All()[2].ContextMap())
@@ -84,7 +85,7 @@ func TestRedisLoggerRedacts(t *testing.T) {
 		"redis: dialing rediss://user:unknown-pw@elsewhere:6379/1 failed",
 		"redis: dialing redis://:another@[::1]:6379 failed",
 	} {
-		l.every.last.Store(0)
+		l.every = rate.NewLimiter(rate.Every(time.Hour), 1)
 		l.Printf(context.Background(), "%s", line)
 	}
 	entries := logs.All()

@@ -100,13 +100,8 @@ func decodeRecord(body io.Reader, service, org string) (*authz.Authorization, er
 // logConfigError logs a 401/403 at Error level, at most once per
 // configLogEvery however many requests hit it.
 func (h *HTTP) logConfigError(code int) {
-	now := h.clock.Now().UnixNano()
-	last := h.lastConfigLog.Load()
-	if last != 0 && now-last < int64(configLogEvery) {
+	if !h.configLog.AllowN(h.clock.Now(), 1) {
 		return
-	}
-	if !h.lastConfigLog.CompareAndSwap(last, now) {
-		return // another request is logging it
 	}
 	h.log.Error("membership registry refused the gateway's credentials; check registry_token and the registry's client configuration",
 		zap.Int("status", code))

@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/helsegate/helsegate/authz"
 	"github.com/helsegate/helsegate/cache"
@@ -92,7 +92,7 @@ type HTTP struct {
 	clock   authz.Clock
 	onCall  func(result string)
 
-	lastConfigLog atomic.Int64 // clock time (UnixNano) of the last 401/403 log
+	configLog *rate.Limiter // the 401/403 log: one per configLogEvery, by clock
 }
 
 var _ authz.Membership = (*HTTP)(nil)
@@ -120,6 +120,9 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		log:     cfg.Logger,
 		clock:   cfg.Clock,
 		onCall:  cfg.OnCall,
+		// A token bucket of one, asked with the injected clock's time:
+		// rate.Sometimes would read the wall clock itself.
+		configLog: rate.NewLimiter(rate.Every(configLogEvery), 1),
 	}
 	if cfg.Token != "" {
 		h.auth = "Bearer " + cfg.Token
