@@ -4,10 +4,13 @@ import (
 	"crypto"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
 	"github.com/helsegate/helsegate/internal/ttlmap"
@@ -63,6 +66,13 @@ func (v *Verifier) parseProofHeader(seg string) (*proofHeader, *Error) {
 	// Step 5 (cont.): alg agrees with the key type and curve of jwk.
 	if err := keyFitsAlg(key, alg, maxProofRSABits); err != nil {
 		return nil, denyErr(InvalidProof, "proof_alg", "the DPoP proof algorithm does not fit its key", err)
+	}
+	// Step 7 (cont.): an EC coordinate is no longer than the curve's size
+	// (RFC 7518 §6.2.1.2 and §6.2.1.3 make it exactly that size; a shorter
+	// one, from a client that strips leading zeros, still names one point).
+	// jwx's thumbprint panics on a longer one.
+	if err := ecCoordinatesFit(key); err != nil {
+		return nil, denyErr(InvalidProof, "proof_jwk", "the DPoP proof jwk is not a usable public key", err)
 	}
 	ph := &proofHeader{}
 	if err := key.Raw(&ph.raw); err != nil {
@@ -127,3 +137,20 @@ func (c *proofHeaderCache) put(seg string, ph *proofHeader) {
 }
 
 func (c *proofHeaderCache) len() int { return c.entries.Len() }
+
+// ecCoordinatesFit reports an error when key is an EC key whose x or y is
+// longer than a coordinate of its curve.
+func ecCoordinatesFit(key jwk.Key) error {
+	ec, ok := key.(jwk.ECDSAPublicKey)
+	if !ok {
+		return nil
+	}
+	size := map[jwa.EllipticCurveAlgorithm]int{jwa.P256: 32, jwa.P384: 48, jwa.P521: 66}[ec.Crv()]
+	if size == 0 {
+		return errors.New("unsupported EC curve")
+	}
+	if len(ec.X()) > size || len(ec.Y()) > size {
+		return fmt.Errorf("an EC coordinate is longer than the %d bytes of its curve", size)
+	}
+	return nil
+}
