@@ -53,8 +53,12 @@ func TestProof(t *testing.T) {
 		{name: "jwk EC coordinate longer than its curve", req: withProof(func(h, c map[string]any) {
 			// The same point, y with a leading zero byte: 33 bytes for P-256.
 			x, y := clientPriv.X.FillBytes(make([]byte, 32)), clientPriv.Y.FillBytes(make([]byte, 33))
-			h["jwk"] = map[string]any{"kty": "EC", "crv": "P-256",
-				"x": base64.RawURLEncoding.EncodeToString(x), "y": base64.RawURLEncoding.EncodeToString(y)}
+			key, err := jwk.ParseKey([]byte(`{"kty":"EC","crv":"P-256","x":"` + base64.RawURLEncoding.EncodeToString(x) +
+				`","y":"` + base64.RawURLEncoding.EncodeToString(y) + `"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h["jwk"] = key
 		}), class: InvalidProof, reason: "proof_jwk"},
 		{name: "jwk symmetric", req: func(f *fixture) Request {
 			tok := f.token(nil)
