@@ -100,3 +100,48 @@ func TestFormBody(t *testing.T) {
 		}
 	}
 }
+
+// refAmbiguousPath is ambiguousPath as first written (every segment handed
+// to isDotSegment), the reference FuzzAmbiguousPath holds the faster one to.
+func refAmbiguousPath(p string) bool {
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case '\\':
+			return true
+		case '%':
+			if i+2 < len(p) {
+				if c := unhexPair(p[i+1], p[i+2]); c == '/' || c == '\\' {
+					return true
+				}
+			}
+		case '/':
+			if i+1 < len(p) && p[i+1] == '/' {
+				return true
+			}
+			if isDotSegment(p[i+1:]) {
+				return true
+			}
+		}
+	}
+	return isDotSegment(p)
+}
+
+func FuzzAmbiguousPath(f *testing.F) {
+	for _, s := range []string{"", "/", "/kj/api/patient", "/a/./b", "/a/%2E%2e/b", "..", "%2e%2e/a", "/a//b", "/a%5cb", "/.%2e", "./", "%2e"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if got, want := ambiguousPath(p), refAmbiguousPath(p); got != want {
+			t.Fatalf("ambiguousPath(%q) = %v, the reference says %v", p, got, want)
+		}
+	})
+}
+
+// BenchmarkCheckPath is the path check of a typical FHIR request.
+func BenchmarkCheckPath(b *testing.B) {
+	for b.Loop() {
+		if checkPath("/kjernejournal/fhir/R4/Patient/example") != nil {
+			b.Fatal("refused")
+		}
+	}
+}

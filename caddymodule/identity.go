@@ -133,15 +133,16 @@ const (
 	hdrHealthcareService    = "X-Helseid-Healthcare-Service"
 	hdrDecisionRef          = "X-Helseid-Decision-Ref"
 	hdrDecisionUserSelected = "X-Helseid-Decision-User-Selected"
+
+	numIdentityHdrs = 16
 )
 
 // setIdentity sets the upstream headers and the placeholders of a verified
 // caller, with the codes and ids of a validated attest. Never the pid.
 func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	// One backing array for every value (the names are canonical constants,
-	// so the map is written directly): one allocation, not one per header,
-	// and no larger than the values it holds.
-	vals := make([]string, 0, h.identityCount(p))
+	// so the map is written directly): one allocation, not one per header.
+	vals := make([]string, 0, numIdentityHdrs)
 	set := func(name, v string) {
 		if v != "" {
 			vals = append(vals, v)
@@ -179,22 +180,6 @@ func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 		repl.Delete(name)
 	}
 	repl.Map(principalPlaceholders{p}.get)
-}
-
-// identityCount is how many identity headers setIdentity sets for p.
-func (h *Handler) identityCount(p *authz.Principal) int {
-	a := &p.Attest
-	n := 0
-	for _, v := range [...]string{p.OrgParent, p.OrgChild, p.OrgSupplier, p.ClientID, string(p.Kind), p.SecurityLevel, p.HPRNumber, p.JKT,
-		a.LegalEntity, a.PointOfCare, a.Department, a.PurposeOfUse, a.HealthcareService, a.DecisionRef, a.DecisionUserSelected} {
-		if v != "" {
-			n++
-		}
-	}
-	if h.membership != nil && h.membership.Service != "" {
-		n++
-	}
-	return n
 }
 
 // identityPlaceholders are the placeholders setIdentity answers.
