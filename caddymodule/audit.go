@@ -88,23 +88,22 @@ func callerIDOf(p *authz.Principal) callerID {
 }
 
 func (c *callerID) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddString("client_id", c.clientID)
-	enc.AddString("org_parent", c.orgParent)
-	enc.AddString("org_child", c.orgChild)
-	enc.AddString("org_supplier", c.orgSupplier)
-	enc.AddString("token_kind", c.kind)
-	enc.AddString("security_level", c.securityLevel)
-	enc.AddString("hpr_number", c.hprNumber)
-	enc.AddString("jkt", c.jkt)
-	enc.AddString("token_jti", c.tokenID)
-	if a := &c.attest; *a != (authz.Attest{}) {
-		enc.AddString("legal_entity", a.LegalEntity)
-		enc.AddString("point_of_care", a.PointOfCare)
-		enc.AddString("department", a.Department)
-		enc.AddString("purpose_of_use", a.PurposeOfUse)
-		enc.AddString("healthcare_service", a.HealthcareService)
-		enc.AddString("decision_ref", a.DecisionRef)
-		enc.AddString("decision_user_selected", a.DecisionUserSelected)
+	a := &c.attest
+	fields := [...][2]string{
+		{"client_id", c.clientID}, {"org_parent", c.orgParent}, {"org_child", c.orgChild},
+		{"org_supplier", c.orgSupplier}, {"token_kind", c.kind}, {"security_level", c.securityLevel},
+		{"hpr_number", c.hprNumber}, {"jkt", c.jkt}, {"token_jti", c.tokenID},
+		// A validated attest's, when there is one.
+		{"legal_entity", a.LegalEntity}, {"point_of_care", a.PointOfCare}, {"department", a.Department},
+		{"purpose_of_use", a.PurposeOfUse}, {"healthcare_service", a.HealthcareService},
+		{"decision_ref", a.DecisionRef}, {"decision_user_selected", a.DecisionUserSelected},
+	}
+	n := len(fields)
+	if *a == (authz.Attest{}) {
+		n = 9
+	}
+	for _, f := range fields[:n] {
+		enc.AddString(f[0], f[1])
 	}
 	return nil
 }
