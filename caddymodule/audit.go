@@ -52,7 +52,7 @@ func (h *Handler) auditDecision(ctx context.Context, r *http.Request, decision, 
 // itself: method, path, trace id, and the membership answer the decision
 // rested on (p may be nil).
 func requestFields(fields []zap.Field, ctx context.Context, r *http.Request, p *authz.Principal) []zap.Field {
-	fields = append(fields, zap.Inline(requestLine{r}))
+	fields = append(fields, zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	if id := traceID(ctx); id != "" {
 		fields = append(fields, zap.String("trace_id", id))
 	}
@@ -60,16 +60,6 @@ func requestFields(fields []zap.Field, ctx context.Context, r *http.Request, p *
 		fields = append(fields, zap.Inline(membershipFields{p}))
 	}
 	return fields
-}
-
-// requestLine is the request's method and path (without the query), one
-// field in line instead of two: a smaller field slice on every entry.
-type requestLine struct{ r *http.Request }
-
-func (l requestLine) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddString("method", l.r.Method)
-	enc.AddString("path", l.r.URL.Path)
-	return nil
 }
 
 // callerFields are the audit fields that describe a verified caller, written
@@ -157,11 +147,15 @@ func (h *Handler) auditAllow(ctx context.Context, r *http.Request, p *authz.Prin
 	if ce == nil {
 		return
 	}
+	// Room for the usual entry: method, path and the membership answer
+	// (and the caller's fields when they are not in the logger). The
+	// fields hold the request's strings, not the request: a marshaler
+	// holding it would make the caller's copy of the request escape.
 	var fields []zap.Field
 	if logger == allow {
-		fields = append(make([]zap.Field, 0, 3), zap.Inline(callerFields{p}))
+		fields = append(make([]zap.Field, 0, 4), zap.Inline(callerFields{p}))
 	} else {
-		fields = make([]zap.Field, 0, 2) // the request line and the membership answer
+		fields = make([]zap.Field, 0, 3)
 	}
 	ce.Write(requestFields(fields, ctx, r, p)...)
 }
