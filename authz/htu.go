@@ -277,19 +277,28 @@ func isNormalPath(p string) bool {
 	}
 	for i := 0; i < len(p); i++ {
 		c := p[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case c == '-', c == '_', c == '~', c == ':', c == '@', c == '$', c == '&', c == '+', c == ',', c == ';', c == '=':
-		case c == '/':
-			// A dot segment: "/." or "/.." followed by "/" or the end.
+		if normalPathByte[c] {
+			continue
+		}
+		if c != '/' {
+			return false
+		}
+		// A dot segment: "/." or "/.." followed by "/" or the end.
+		if i+1 < len(p) && p[i+1] == '.' {
 			rest := p[i+1:]
 			if rest == "." || rest == ".." || strings.HasPrefix(rest, "./") || strings.HasPrefix(rest, "../") {
 				return false
 			}
-		case c == '.':
-		default:
-			return false
 		}
 	}
 	return true
 }
+
+// normalPathByte marks the bytes isNormalPath takes as they are ("/" aside):
+// a table, as the path is read on every request.
+var normalPathByte = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_~:@$&+,;=.", byte(c)) >= 0
+	}
+	return t
+}()

@@ -135,3 +135,16 @@ func TestReplayKey(t *testing.T) {
 		t.Error("the separator does not separate")
 	}
 }
+
+// BenchmarkExpectedHTU is the expected htu of a typical request, already in
+// normal form, and a proof's htu compared with it.
+func BenchmarkExpectedHTU(b *testing.B) {
+	htu := []byte("https://kjernejournal.bench.invalid/fhir/R4/Patient/example")
+	b.ReportAllocs()
+	for b.Loop() {
+		e, err := newExpectedHTU("https", "kjernejournal.bench.invalid", "/fhir/R4/Patient/example")
+		if err != nil || !e.matches(htu) {
+			b.Fatal("no match")
+		}
+	}
+}

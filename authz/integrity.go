@@ -41,15 +41,20 @@ func ambiguousPath(p string) bool {
 				}
 			}
 		case '/':
-			if i+1 < len(p) && p[i+1] == '/' {
-				return true
+			if i+1 == len(p) {
+				break
 			}
-			if isDotSegment(p[i+1:]) {
+			switch p[i+1] {
+			case '/':
 				return true
+			case '.', '%': // only these can start a dot segment
+				if isDotSegment(p[i+1:]) {
+					return true
+				}
 			}
 		}
 	}
-	return isDotSegment(p) // a relative path that starts with one
+	return p != "" && p[0] != '/' && isDotSegment(p) // a relative path that starts with one
 }
 
 // isDotSegment reports whether s starts with a segment that is "." or ".."

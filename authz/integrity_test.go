@@ -2,6 +2,7 @@ package authz
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -97,6 +98,41 @@ func TestFormBody(t *testing.T) {
 		}
 		if form != tc.form || reason != tc.reason {
 			t.Errorf("FormBody(%q, %q) = %v, %q; want %v, %q", tc.types, tc.encoding, form, reason, tc.form, tc.reason)
+		}
+	}
+}
+
+// refAmbiguousPath is ambiguousPath written the slow, plain way (every
+// segment handed to isDotSegment), the reference FuzzAmbiguousPath holds the
+// faster one to.
+func refAmbiguousPath(p string) bool {
+	if strings.Contains(p, "\\") || strings.Contains(p, "//") {
+		return true
+	}
+	for i := 0; i+2 < len(p); i++ {
+		if c := unhexPair(p[i+1], p[i+2]); p[i] == '%' && (c == '/' || c == '\\') {
+			return true
+		}
+	}
+	return slices.ContainsFunc(strings.Split(p, "/"), isDotSegment)
+}
+
+func FuzzAmbiguousPath(f *testing.F) {
+	for _, s := range []string{"", "/", "/kj/api/patient", "/a/./b", "/a/%2E%2e/b", "..", "%2e%2e/a", "/a//b", "/a%5cb", "/.%2e", "./", "%2e"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if got, want := ambiguousPath(p), refAmbiguousPath(p); got != want {
+			t.Fatalf("ambiguousPath(%q) = %v, the reference says %v", p, got, want)
+		}
+	})
+}
+
+// BenchmarkCheckPath is the path check of a typical FHIR request.
+func BenchmarkCheckPath(b *testing.B) {
+	for b.Loop() {
+		if checkPath("/kjernejournal/fhir/R4/Patient/example") != nil {
+			b.Fatal("refused")
 		}
 	}
 }

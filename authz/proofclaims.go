@@ -96,8 +96,9 @@ func (p *jsonReader) claimString(prev claimString) (claimString, error) {
 	if err != nil {
 		return prev, err
 	}
-	// What is compared and hashed is the client's bytes: they must be text.
-	if !utf8.Valid(p.b[start:p.i]) {
+	// What is compared and hashed is the client's bytes: they must be text
+	// (an ASCII string is).
+	if p.high && !utf8.Valid(p.b[start:p.i]) {
 		return prev, errClaimsUTF8
 	}
 	return claimString{V: v, Present: true}, nil

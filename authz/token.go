@@ -34,6 +34,7 @@ type verifiedToken struct {
 	hasAttest bool
 	attest    attestDoc
 	attestErr error
+	memo      TokenMemo // Principal.Memo of every request with this token
 }
 
 // verifyToken runs the access-token checks of RFC 9068 §4 and RFC 8725

@@ -121,3 +121,23 @@ func TestVerifyCachedTokenAllocs(t *testing.T) {
 		t.Fatalf("Verify of a cached token allocates %.1f times, the signature alone %.1f: want at most 2 more", got, floor)
 	}
 }
+
+// TestTokenMemoPerToken holds Principal.Memo to the token: every request
+// with one token is handed the same memo, another token another one.
+func TestTokenMemoPerToken(t *testing.T) {
+	f := newFixture(t, nil)
+	tok := f.token(nil)
+	p1 := f.check(t, f.request(tok, f.proof(tok, nil)), 0, "")
+	p2 := f.check(t, f.request(tok, f.proof(tok, nil)), 0, "")
+	if p1.Memo == nil || p1.Memo != p2.Memo {
+		t.Fatalf("two requests with one token got memos %p and %p", p1.Memo, p2.Memo)
+	}
+	p1.Memo.Store("kept")
+	if got := p2.Memo.Load(); got != "kept" {
+		t.Fatalf("memo holds %v", got)
+	}
+	other := f.token(func(h, c map[string]any) { c["jti"] = "another-jti" })
+	if p3 := f.check(t, f.request(other, f.proof(other, nil)), 0, ""); p3.Memo == p1.Memo {
+		t.Fatal("another token shares the memo")
+	}
+}

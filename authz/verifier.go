@@ -52,6 +52,9 @@ type Principal struct {
 	MembershipAnswered bool
 	MembershipStale    bool
 	MembershipAge      time.Duration
+	// Memo is the verified token's slot for what the caller derives from
+	// the token alone (TokenMemo); nil in a Principal not made by Verify.
+	Memo *TokenMemo
 }
 
 // Verifier checks requests against one route's Config. It is safe for
@@ -247,6 +250,7 @@ func newPrincipal(scheme string, vt *verifiedToken) *Principal {
 		OrgSupplier:    c.OrgSupplier,
 		ClientTenancy:  c.ClientTenancy,
 		Expires:        vt.exp,
+		Memo:           &vt.memo,
 	}
 	if c.PID != "" {
 		p.Kind = KindUser

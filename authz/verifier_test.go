@@ -290,7 +290,11 @@ func TestPrincipal(t *testing.T) {
 	p := f.check(t, f.request(tok, f.proof(tok, nil)), 0, "")
 	want := Principal{Scheme: "DPoP", ClientID: "8cd7c619-0e1d-4a6b-9c0e-6f2d6b3a5d11", Subject: "subject-1", TokenID: "6745A1B2",
 		Kind: KindUser, SecurityLevel: "4", HPRNumber: "431001110", OrgParent: "917897468", OrgChild: "922734046",
-		ClientTenancy: "multi-tenant", JKT: f.jkt, Expires: time.Unix(testNow.Add(9*time.Minute).Unix(), 0)}
+		ClientTenancy: "multi-tenant", JKT: f.jkt, Expires: time.Unix(testNow.Add(9*time.Minute).Unix(), 0),
+		Memo: p.Memo} // the token's memo: whichever it is, it must be there
+	if p.Memo == nil {
+		t.Fatal("no token memo")
+	}
 	if *p != want {
 		t.Fatalf("principal\n got %+v\nwant %+v", *p, want)
 	}

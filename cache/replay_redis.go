@@ -188,7 +188,7 @@ func (r *RedisReplay) FirstUse(ctx context.Context, key string, issuedAt time.Ti
 	if err != nil {
 		return false, err
 	}
-	val := r.valuePrefix + strconv.FormatUint(r.seq.Add(1), 36)
+	val := r.callValue()
 	call, err := sh.setNX(ctx, full, val, ttl)
 	if err != nil {
 		return false, r.failure(ctx, sh, err)
@@ -241,9 +241,8 @@ func (sh *redisShard) setNX(ctx context.Context, full, val string, ttl time.Dura
 	ms := int64((ttl + time.Millisecond - 1) / time.Millisecond)
 	for attempt := 0; ; attempt++ {
 		call := &replayCall{
-			cmd:  redis.NewStatusCmd(ctx, "set", full, val, "px", ms, "nx"),
-			val:  val,
-			turn: make(chan bool, 1),
+			cmd: redis.NewStatusCmd(ctx, "set", full, val, "px", ms, "nx"),
+			val: val,
 		}
 		err := sh.run(ctx, call)
 		if err == nil {
@@ -281,6 +280,14 @@ func (sh *redisShard) setByCall(ctx context.Context, full, val string) (bool, er
 	default:
 		return false, err
 	}
+}
+
+// callValue is the value of a new record: the store's prefix and the next
+// number in base 36, made with one allocation (the string).
+func (r *RedisReplay) callValue() string {
+	var b [64]byte
+	v := strconv.AppendUint(append(b[:0], r.valuePrefix...), r.seq.Add(1), 36)
+	return string(v)
 }
 
 // shardFor returns the shard that owns key.
@@ -405,7 +412,7 @@ type replayCall struct {
 	val       string
 	err       error     // the batch's error when its commands never ran
 	untrusted error     // set when the batch could not confirm the shard kept its records
-	turn      chan bool // true: send the next batch; false: the answer is in
+	turn      chan bool // true: send the next batch; false: the answer is in (nil for a call that led its batch)
 	state     atomic.Int32
 }
 
@@ -433,8 +440,13 @@ func (sh *redisShard) run(ctx context.Context, call *replayCall) error {
 		return call.err
 	}
 	sh.mu.Lock()
-	sh.queue = append(sh.queue, call)
 	lead := !sh.sending
+	if !lead {
+		// Only a call that waits behind a batch is told its turn: the
+		// leader of an idle shard needs no channel.
+		call.turn = make(chan bool, 1)
+	}
+	sh.queue = append(sh.queue, call)
 	sh.sending = true
 	sh.mu.Unlock()
 	// Wait for the batch in flight: it answers this call (false), or this

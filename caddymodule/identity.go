@@ -1,15 +1,12 @@
 package caddymodule
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/helsegate/helsegate/authz"
 )
@@ -143,13 +140,17 @@ const (
 // setIdentity sets the upstream headers and the placeholders of a verified
 // caller, with the codes and ids of a validated attest. Never the pid.
 func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
-	// One backing array for every value (the names are canonical constants,
-	// so the map is written directly): one allocation, not one per header.
-	vals := make([]string, 0, numIdentityHdrs)
+	// The values are gathered on the stack, then copied into one backing
+	// array of their number (the names are canonical constants, so the map
+	// is written directly): one allocation of what is set, not one per
+	// header, nor one with room for all sixteen (the bytes a request
+	// allocates are what its share of the collector costs).
+	var names, local [numIdentityHdrs]string
+	n := 0
 	set := func(name, v string) {
 		if v != "" {
-			vals = append(vals, v)
-			r.Header[name] = vals[len(vals)-1 : len(vals) : len(vals)]
+			names[n], local[n] = name, v
+			n++
 		}
 	}
 	set(hdrOrgParent, p.OrgParent)
@@ -171,6 +172,11 @@ func (h *Handler) setIdentity(r *http.Request, p *authz.Principal) {
 	set(hdrHealthcareService, a.HealthcareService)
 	set(hdrDecisionRef, a.DecisionRef)
 	set(hdrDecisionUserSelected, a.DecisionUserSelected)
+	vals := make([]string, n)
+	copy(vals, local[:n])
+	for i, name := range names[:n] {
+		r.Header[name] = vals[i : i+1 : i+1]
+	}
 
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
@@ -253,156 +259,4 @@ func (pp principalPlaceholders) get(key string) (any, bool) {
 		return p.Attest.DecisionUserSelected, true
 	}
 	return nil, false
-}
-
-// auditDecision writes the one audit entry of a decision, at Info on the
-// logger http.handlers.helseid.audit (operators route it with
-// log { include http.handlers.helseid.audit }): decision, reason
-// code (authz.AllowReasons, authz.DenialReasons), the HTTP status of a
-// denial (0: none, for an allow, whose status is the upstream's), service,
-// method, path without query, trace id, and who the caller is when the
-// access token verified: client_id, org numbers, token kind, security level,
-// HPR number, DPoP thumbprint and token jti, with the membership answer's
-// age and staleness once a lookup answered, and the codes and ids of a
-// validated trust-framework attest (legal entity, point of care, department,
-// purpose of use, healthcare service, decision reference and whether the
-// health worker chose it: rules ATT-16, ATT-20 and ATT-46 want them in the
-// data source's access log). Never the token, the proof or the
-// pid: authz.Principal does not hold them. The HPR number appears here and
-// nowhere else in the logs. A caller whose token did not verify is not
-// described: unverified claims are not evidence.
-func (h *Handler) auditDecision(ctx context.Context, r *http.Request, decision, reason string, status int, p *authz.Principal) {
-	ce := h.audit.Check(zap.InfoLevel, decision)
-	if ce == nil {
-		return
-	}
-	fields := make([]zap.Field, 0, 8)
-	fields = append(fields,
-		zap.String("decision", decision),
-		zap.String("reason", reason),
-	)
-	if status != 0 {
-		fields = append(fields, zap.Int("status", status))
-	}
-	fields = append(fields,
-		zap.String("service", h.service()),
-		zap.String("method", r.Method),
-		zap.String("path", r.URL.Path),
-	)
-	if id := traceID(ctx); id != "" {
-		fields = append(fields, zap.String("trace_id", id))
-	}
-	if p != nil {
-		fields = append(fields, zap.Inline(callerFields{p}))
-	}
-	ce.Write(fields...)
-}
-
-// callerFields are the audit fields that describe a verified caller, written
-// in line with the others (one zap.Field instead of nine: the entry is the
-// same, its field slice a third of the size).
-type callerFields struct{ p *authz.Principal }
-
-func (c callerFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	p := c.p
-	enc.AddString("client_id", p.ClientID)
-	enc.AddString("org_parent", p.OrgParent)
-	enc.AddString("org_child", p.OrgChild)
-	enc.AddString("org_supplier", p.OrgSupplier)
-	enc.AddString("token_kind", string(p.Kind))
-	enc.AddString("security_level", p.SecurityLevel)
-	enc.AddString("hpr_number", p.HPRNumber)
-	enc.AddString("jkt", p.JKT)
-	enc.AddString("token_jti", p.TokenID)
-	if a := &p.Attest; *a != (authz.Attest{}) {
-		enc.AddString("legal_entity", a.LegalEntity)
-		enc.AddString("point_of_care", a.PointOfCare)
-		enc.AddString("department", a.Department)
-		enc.AddString("purpose_of_use", a.PurposeOfUse)
-		enc.AddString("healthcare_service", a.HealthcareService)
-		enc.AddString("decision_ref", a.DecisionRef)
-		enc.AddString("decision_user_selected", a.DecisionUserSelected)
-	}
-	if p.MembershipAnswered { // the answer decided on: whole seconds; stale only when true
-		enc.AddInt64("membership_age_s", int64(p.MembershipAge.Seconds()))
-		if p.MembershipStale {
-			enc.AddBool("membership_stale", true)
-		}
-	}
-	return nil
-}
-
-// allowReason is the reason code of an allowed request on this route.
-func (h *Handler) allowReason() string {
-	if h.membership != nil {
-		return authz.ReasonMember
-	}
-	return authz.ReasonOK
-}
-
-// auditAllow writes the audit entry of an allowed request: the entry
-// auditDecision would write, with the fields that are the same for every
-// allowed request on this route (decision, reason, service) encoded once into
-// the logger (zap's With) instead of on every request.
-func (h *Handler) auditAllow(ctx context.Context, r *http.Request, p *authz.Principal) {
-	if h.allowLog == nil { // not provisioned (some tests build a Handler by hand)
-		h.auditDecision(ctx, r, "allow", h.allowReason(), 0, p)
-		return
-	}
-	ce := h.allowAuditLogger().Check(zap.InfoLevel, "allow")
-	if ce == nil {
-		return
-	}
-	fields := make([]zap.Field, 0, 4)
-	fields = append(fields, zap.String("method", r.Method), zap.String("path", r.URL.Path))
-	if id := traceID(ctx); id != "" {
-		fields = append(fields, zap.String("trace_id", id))
-	}
-	ce.Write(append(fields, zap.Inline(callerFields{p}))...)
-}
-
-// allowAudit is the audit logger with the allow entry's route fields, and the
-// audit logger it was made from.
-type allowAudit struct {
-	base, allow *zap.Logger
-}
-
-// allowAuditLogger returns h.audit with the allow entry's route fields. It is
-// made on first use and again whenever h.audit is another logger (tests
-// replace it after Provision), so it always writes where h.audit does.
-func (h *Handler) allowAuditLogger() *zap.Logger {
-	if a := h.allowLog.Load(); a != nil && a.base == h.audit {
-		return a.allow
-	}
-	a := &allowAudit{base: h.audit, allow: h.audit.With(
-		zap.String("decision", "allow"),
-		zap.String("reason", h.allowReason()),
-		zap.String("service", h.service()),
-	)}
-	h.allowLog.Store(a)
-	return a.allow
-}
-
-// auditDenial writes the audit entry of a denied request, with the verified
-// caller when the denial came after the access token verified
-// (derr.Caller), and the operator's log line: a dead dependency at Error (at
-// most one per 10 s), a rejected client at Debug.
-func (h *Handler) auditDenial(ctx context.Context, r *http.Request, derr *authz.Error) {
-	h.auditDecision(ctx, r, "deny", derr.Reason, status(derr.Class), derr.Caller)
-	if derr.Class == authz.Unavailable {
-		if !h.depLog.Allow() {
-			return
-		}
-		h.logger.Error("a dependency needed for the decision is unavailable", zap.String("reason", derr.Reason), zap.Error(derr.Err))
-	} else if ce := h.logger.Check(zap.DebugLevel, "request denied"); ce != nil {
-		ce.Write(zap.String("reason", derr.Reason), zap.NamedError("cause", derr.Err))
-	}
-}
-
-// service is the membership service of the route, or "".
-func (h *Handler) service() string {
-	if h.membership == nil {
-		return ""
-	}
-	return h.membership.Service
 }

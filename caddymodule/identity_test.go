@@ -3,9 +3,12 @@ package caddymodule
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/helsegate/helsegate/authz"
 )
 
 func TestStripIdentityConnection(t *testing.T) {
@@ -63,5 +66,32 @@ func TestGuardTrailers(t *testing.T) {
 	}
 	if want := (http.Header{"X-Checksum": {"abc"}}); !reflect.DeepEqual(r.Trailer, want) {
 		t.Errorf("trailers at EOF %v, want %v", r.Trailer, want)
+	}
+}
+
+// TestSetIdentityAllocs holds the identity headers to one allocation, the
+// array of the values set, when the header map has room for them.
+func TestSetIdentityAllocs(t *testing.T) {
+	h := &Handler{}
+	p := &authz.Principal{ClientID: "client-1", Kind: authz.KindMachine, OrgParent: testOrg, JKT: "jkt-1"}
+	r := httptest.NewRequest("GET", "http://api.example.no/kj", nil)
+	r.Header = make(http.Header, 32)
+	if n := testing.AllocsPerRun(100, func() { h.setIdentity(r, p) }); n != 1 {
+		t.Fatalf("setIdentity allocates %v times, want 1", n)
+	}
+	if got := r.Header.Get(hdrOrgParent); got != testOrg || cap(r.Header[hdrOrgParent]) != 1 {
+		t.Fatalf("%s = %q (cap %d)", hdrOrgParent, got, cap(r.Header[hdrOrgParent]))
+	}
+}
+
+// BenchmarkSetIdentity sets the identity headers of a machine caller on a
+// request as a client sends it.
+func BenchmarkSetIdentity(b *testing.B) {
+	h := &Handler{}
+	p := &authz.Principal{ClientID: "6b2f2b8e-3d1c-4f0a-9c5e-8a7d4b1e2f30", Kind: authz.KindMachine, OrgParent: testOrg, JKT: "7cHqLofY25oWrqYleX4mrIep-w611LqIvVrfj1LodZo"}
+	b.ReportAllocs()
+	for b.Loop() {
+		r := &http.Request{Header: http.Header{"Accept": {"application/fhir+json"}, "User-Agent": {"kj-client/1.0"}, "Authorization": {"DPoP x"}, "Dpop": {"y"}}}
+		h.setIdentity(r, p)
 	}
 }

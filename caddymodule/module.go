@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -368,7 +369,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// The context is the current request's: with Caddy's tracing on it
 	// carries the request span (Caddy's original-request copy predates it).
-	ctx := r.Context()
+	// The span is put at its front (the same span, or none): every check
+	// that starts a span, and the audit entry's trace id, then find it
+	// there instead of walking Caddy's whole chain of request values.
+	ctx := trace.ContextWithSpan(r.Context(), trace.SpanFromContext(r.Context()))
 	p, derr := h.verifier.Verify(ctx, h.authzRequest(r, orig))
 	if derr == nil {
 		derr = checkFormBody(r, p)
