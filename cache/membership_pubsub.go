@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // Timings of the invalidation subscriber.
@@ -309,13 +310,14 @@ func (c *CachedMembership) firstOutcome(ok bool) {
 // and answered by dropping the in-process tier, and its pings and
 // reconnects keep no count of failures for the backoff above.
 func (c *CachedMembership) subscribeLoop(ctx context.Context) {
+	newWarnLimit := func() *rate.Limiter { return rate.NewLimiter(rate.Every(subscribeLogEvery), 1) }
 	channel := InvalidationChannel(c.rt.prefix)
 	backoff := subscribeMinBackoff
 	first := true
 	var (
-		reloaded time.Time // last reload of the cluster's slot map
-		logged   time.Time // last warning
-		failures int       // consecutive failed attempts
+		reloaded time.Time        // last reload of the cluster's slot map
+		warn     = newWarnLimit() // the failure warnings: one per subscribeLogEvery
+		failures int              // consecutive failed attempts
 	)
 	for ctx.Err() == nil {
 		ps := c.rt.client.Subscribe(ctx)                          // no channel yet: Subscribe below returns the dial's error
@@ -329,7 +331,7 @@ func (c *CachedMembership) subscribeLoop(ctx context.Context) {
 			if failures > 0 && !first {
 				c.logger.Info("membership invalidation subscription re-established", zap.Int("failed_attempts", failures))
 			}
-			failures, logged = 0, time.Time{}
+			failures, warn = 0, newWarnLimit() // the next failure is told at once
 			if !first {
 				c.resubscribed()
 			} else {
@@ -353,10 +355,9 @@ func (c *CachedMembership) subscribeLoop(ctx context.Context) {
 			return
 		}
 		failures++
-		if time.Since(logged) >= subscribeLogEvery {
+		if warn.Allow() {
 			c.logger.Warn("membership invalidation subscription failed; retrying",
 				zap.Error(err), zap.Int("failed_attempts", failures), zap.Duration("backoff", backoff))
-			logged = time.Now()
 		}
 		if !c.retryWait(ctx, backoff, channel, &reloaded) {
 			return

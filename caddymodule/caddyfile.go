@@ -172,7 +172,7 @@ var subdirectives = parsers[Handler]{
 	"resource_metadata":  (*Handler).unmarshalResourceMetadata,
 	"route":              (*Handler).unmarshalRoute,
 	"on_store_error": func(h *Handler, d *dispenser) error {
-		return checkedArg(d, &h.OnStoreError, cache.ValidateFallbackMode)
+		return checkedArg(d, &h.OnStoreError, written("on_store_error", cache.ValidateFallbackMode))
 	},
 }
 
@@ -356,6 +356,19 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 func oneURL(d *caddyfile.Dispenser, dst *string) error {
 	name := d.Val()
 	return checkedArg(d, dst, func(s string) error { return authz.CheckURL(name, s) })
+}
+
+// written wraps the rule of a setting whose empty value means "the default"
+// (as the JSON config's omitted field does): in the Caddyfile the
+// subdirective is written to set it, so an empty value ("") is a mistake,
+// refused rather than read as the default.
+func written(name string, check func(string) error) func(string) error {
+	return func(s string) error {
+		if s == "" {
+			return fmt.Errorf("%s needs a value", name)
+		}
+		return check(s)
+	}
 }
 
 // checkedArg reads exactly one argument and, unless it holds a placeholder

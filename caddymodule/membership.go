@@ -77,7 +77,7 @@ var membershipOptions = parsers[MembershipConfig]{
 	"registry":       unmarshalRegistry,
 	"file":           func(m *MembershipConfig, d *dispenser) error { return oneArg(d, &m.File) },
 	"registry_token": func(m *MembershipConfig, d *dispenser) error { return oneArg(d, &m.RegistryToken) },
-	"org":            func(m *MembershipConfig, d *dispenser) error { return checkedArg(d, &m.Org, checkOrg) },
+	"org":            func(m *MembershipConfig, d *dispenser) error { return checkedArg(d, &m.Org, written("org", checkOrg)) },
 	"cache_ttl":      func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.CacheTTL) },
 	"negative_ttl":   func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.NegativeTTL) },
 	"stale_for":      func(m *MembershipConfig, d *dispenser) error { return duration(d, &m.StaleFor) },

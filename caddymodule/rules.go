@@ -33,7 +33,7 @@ const minNonceSecret = 16
 // checkNonceSecret checks a dpop_nonce secret.
 func checkNonceSecret(secret string) error {
 	if len(secret) < minNonceSecret {
-		return errors.New("dpop_nonce secret must be at least 16 characters")
+		return fmt.Errorf("dpop_nonce secret must be at least %d characters", minNonceSecret)
 	}
 	return nil
 }
