@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
 // callgrind drives the gateway's callgrind through callgrind_control.
@@ -117,7 +119,7 @@ func floorInstructions(ctx context.Context, dir, alg string) (float64, error) {
 			break
 		}
 		if attempt == 3 || ctx.Err() != nil {
-			return 0, fmt.Errorf("%v: %s", err, tail2(string(b), 20))
+			return 0, fmt.Errorf("%v: %s", err, gatewayproc.TailString(string(b), 20))
 		}
 	}
 	total, err := readCallgrindTotal(out)
@@ -125,11 +127,6 @@ func floorInstructions(ctx context.Context, dir, alg string) (float64, error) {
 		return 0, err
 	}
 	return float64(total) / n, nil
-}
-
-func tail2(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
 
 // runFloorChild is hgbench -floor-child: a proof of alg, verified a few
