@@ -23,15 +23,6 @@ const DefaultPollInterval = time.Second
 // FileOption configures NewFile.
 type FileOption func(*File)
 
-// WithPollInterval sets how often Start looks at the file's modification time
-// and size (default DefaultPollInterval). Values <= 0 keep the default.
-func WithPollInterval(d time.Duration) FileOption {
-	return func(f *File) {
-		if d > 0 {
-			f.interval = d
-		}
-	}
-}
 
 // WithOnReload sets fn to be called after every successful reload (Reload,
 // or Start's poller seeing a change), once the new set is in use; not after
