@@ -23,7 +23,6 @@ const DefaultPollInterval = time.Second
 // FileOption configures NewFile.
 type FileOption func(*File)
 
-
 // WithOnReload sets fn to be called after every successful reload (Reload,
 // or Start's poller seeing a change), once the new set is in use; not after
 // the first load, in NewFile. A cache in front of the File passes its
