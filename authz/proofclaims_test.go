@@ -126,6 +126,7 @@ func TestParseProofClaims(t *testing.T) {
 		{"bad escape", `{"jti":"\x"}`},
 		{"short unicode escape", `{"jti":"\u00"}`},
 		{"invalid UTF-8", "{\"jti\":\"\xff\"}"},
+		{"invalid UTF-8 beside an escape", "{\"jti\":\"\\u0061\xff\"}"},
 		{"bad literal", `{"a":nul}`},
 		{"bad nested", `{"a":[1,]}`},
 		{"unclosed nested", `{"a":{"b":1}`},

@@ -139,6 +139,9 @@ func (h *Handler) auditAllow(ctx context.Context, r *http.Request, p *authz.Prin
 		return
 	}
 	allow := h.allowAuditLogger()
+	if !allow.Core().Enabled(zap.InfoLevel) {
+		return // no log takes the entry: encode nothing, keep nothing per token
+	}
 	logger := callerAuditLogger(allow, p)
 	if logger == nil {
 		logger = allow
@@ -198,8 +201,11 @@ type callerAudit struct {
 // has no memo. Encoding the nine to sixteen caller fields once per token
 // instead of on every request halves the cost of an entry
 // (BenchmarkAuditAllowMemo against BenchmarkAuditAllow).
-// The price: one logger per cached token (about 1.4 KB for each log the
-// audit entry goes to, most of it zap's encoder buffer).
+// The price: one logger per cached token, about 1.4 KB (most of it zap's
+// encoder buffer) for each configured log whose core Caddy gives this module,
+// whether or not that log's filter later takes the audit entry. The fields
+// are in memory only there; a log that excludes the audit logger never
+// writes them.
 func callerAuditLogger(allow *zap.Logger, p *authz.Principal) *zap.Logger {
 	if p.Memo == nil {
 		return nil
