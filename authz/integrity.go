@@ -145,13 +145,6 @@ const MaxFormBody = 1 << 20
 // errFormTooLarge is the cause of a form_body_too_large denial.
 var errFormTooLarge = errors.New("the form body is larger than MaxFormBody")
 
-// CheckFormBody reads a form-encoded (application/x-www-form-urlencoded)
-// body and refuses it when it carries an access_token (RFC 6750 §2.2: this
-// gateway takes tokens from the Authorization header only, and a token in
-// a body would reach the upstream). It reads at most MaxFormBody+1 bytes: a
-// longer form cannot be checked without holding all of it, and is refused.
-// It returns what it read, which the caller sends on in place of the body.
-// Bodies of other media types are never read.
 // FormBody says whether a request's body must be checked as a form by
 // CheckFormBody, from its Content-Type and Content-Encoding headers: a
 // single Content-Type of application/x-www-form-urlencoded (any case, any
@@ -182,6 +175,13 @@ func FormBody(contentTypes []string, contentEncoding string) (bool, *Error) {
 	return true, nil
 }
 
+// CheckFormBody reads a form-encoded (application/x-www-form-urlencoded)
+// body and refuses it when it carries an access_token (RFC 6750 §2.2: this
+// gateway takes tokens from the Authorization header only, and a token in
+// a body would reach the upstream). It reads at most MaxFormBody+1 bytes: a
+// longer form cannot be checked without holding all of it, and is refused.
+// It returns what it read, which the caller sends on in place of the body.
+// Bodies of other media types are never read.
 func CheckFormBody(body io.Reader) ([]byte, *Error) {
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(body, MaxFormBody+1))

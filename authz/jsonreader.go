@@ -16,9 +16,9 @@ import (
 // by member; the callers decide what a name means.
 //
 // It is hand-written because no library reads a proof without allocating on
-// every request, and encoding/json (and internal/strictjson, which checks a
-// document for it) keeps the last of two members with one name where a
-// claims reader must refuse them (RFC 7519 §4).
+// every request: encoding/json (behind internal/strictjson, which refuses
+// duplicate and case-variant names before decoding) reflects and allocates
+// per claim.
 type jsonReader struct {
 	b    []byte
 	i    int
