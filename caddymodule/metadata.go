@@ -49,7 +49,6 @@ type metadataDocument struct {
 // at Provision.
 type resourceMetadata struct {
 	path  string // the well-known path the handler answers on
-	url   string // the document's URL, for the challenges
 	param string // `, resource_metadata="<url>"`
 	body  []byte
 }
@@ -115,7 +114,6 @@ func newResourceMetadata(rm *ResourceMetadata, cfg authz.Config, readsAttest boo
 	wk := wellKnownURL(res)
 	return &resourceMetadata{
 		path:  wk.Path,
-		url:   wk.String(),
 		param: `, resource_metadata="` + wk.String() + `"`,
 		body:  body,
 	}, nil
