@@ -111,7 +111,7 @@ func seedEpoch(tb testing.TB, prefix string) {
 	tb.Helper()
 	c := redis.NewClient(&redis.Options{Addr: testRedisAddr()})
 	defer c.Close()
-	if err := c.Set(context.Background(), prefix+epochSpace, "1/0", time.Hour).Err(); err != nil {
+	if err := SeedEpochMarker(context.Background(), c, prefix, time.Hour); err != nil {
 		tb.Fatalf("seeding the epoch marker: %v", err)
 	}
 }

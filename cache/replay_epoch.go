@@ -407,3 +407,13 @@ func NewRedisClient(o *redis.UniversalOptions) (redis.UniversalClient, *ServerId
 	}
 	return redis.NewUniversalClient(o), ids
 }
+
+// SeedEpochMarker writes the epoch marker of a single Redis's replay store
+// under prefix as a store in service long before now (generation 1, no
+// floor, no run_id), to expire after ttl. It is for tests and benchmarks
+// that measure a store in service: a key prefix used for the first time is
+// otherwise a store that may have lost its records, whose proofs issued
+// before now plus the skew are refused. A gateway never calls it.
+func SeedEpochMarker(ctx context.Context, c redis.Cmdable, prefix string, ttl time.Duration) error {
+	return c.Set(ctx, prefix+epochSpace, epochMarker{gen: 1}.String(), ttl).Err()
+}

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/helsegate/helsegate/cache"
 	"github.com/helsegate/helsegate/internal/devkit/helseidsim"
 )
 
@@ -87,7 +88,7 @@ func seededPrefix(tb testing.TB, base string) string {
 	prefix := base + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
 	rc := redis.NewClient(&redis.Options{Addr: testRedisAddr()})
 	defer rc.Close()
-	if err := rc.Set(context.Background(), prefix+"v1:epoch", "1/0", time.Hour).Err(); err != nil {
+	if err := cache.SeedEpochMarker(context.Background(), rc, prefix, time.Hour); err != nil {
 		tb.Fatalf("seeding the epoch marker: %v", err)
 	}
 	return prefix

@@ -40,7 +40,8 @@ func environ(set ...string) []string {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
 		case "HELSEGATE_SITE", "HELSEGATE_PUBLIC_ORIGIN", "HELSEGATE_ADMIN", "HELSEGATE_BIND",
-			"HELSEID_ISSUER", "KJ_UPSTREAM", "MEMBERSHIP_REGISTRY", "MEMBERSHIP_TOKEN", "REDIS_URL":
+			"HELSEGATE_ENVIRONMENT", "HELSEGATE_LOG_LEVEL", "HELSEID_ISSUER", "KJ_UPSTREAM", "PJD_UPSTREAM",
+			"MEMBERSHIP_REGISTRY", "MEMBERSHIP_TOKEN", "REDIS_URL":
 			continue
 		}
 		env = append(env, kv)

@@ -455,7 +455,22 @@ func TestExampleLogsHoldNoSecrets(t *testing.T) {
 	if r := rawExchange(t, e.addr, "GET "+base+"?access_token="+tok+" HTTP/1.1\r\nHost: "+e.addr+"\r\nConnection: close\r\n\r\n"); r.status != 400 {
 		t.Fatalf("absolute form: %s", r)
 	}
-	time.Sleep(200 * time.Millisecond) // the last lines reach the pipes
+	// The access line is written after the response: wait until the last
+	// lines have come through the pipes.
+	settled := func() bool {
+		n := 0
+		for _, out := range []*devOutput{e.stdout, e.stderr} {
+			for line := range strings.SplitSeq(out.String(), "\n") {
+				if strings.Contains(line, `"logger":"http.log.access`) || strings.Contains(line, `"logger":"http.handlers.helseid.audit"`) {
+					n++
+				}
+			}
+		}
+		return n >= 24
+	}
+	for deadline := time.Now().Add(10 * time.Second); !settled() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	var access, audits, proxyDebug int
 	for stream, out := range map[string]*devOutput{"stdout": e.stdout, "stderr": e.stderr} {

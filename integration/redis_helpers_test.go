@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/helsegate/helsegate/cache"
 )
 
 // The test Redis: its address, a client and a key prefix per test.
@@ -35,7 +37,7 @@ func needRedis(t *testing.T) (*redis.Client, string) {
 	// the test would hold it: a key prefix used for the first time is
 	// otherwise a store that may have lost its records, and refuses proofs
 	// for one skew (the fault tests show that).
-	if err := rc.Set(ctx, prefix+"v1:epoch", "1/0", time.Hour).Err(); err != nil {
+	if err := cache.SeedEpochMarker(ctx, rc, prefix, time.Hour); err != nil {
 		rc.Close()
 		t.Fatalf("seeding the epoch marker: %v", err)
 	}

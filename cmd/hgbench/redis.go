@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/helsegate/helsegate/cache"
 	"github.com/helsegate/helsegate/internal/devkit/gatewayproc"
 )
 
@@ -141,7 +142,7 @@ func (r *redisServer) deleteKeys(ctx context.Context, pattern string) error {
 // otherwise a store that may have lost its records, whose first proofs are
 // refused for one skew. The bench measures the steady state.
 func (r *redisServer) seedEpoch(ctx context.Context, prefix string) error {
-	return r.client.Set(ctx, prefix+"v1:epoch", "1/0", time.Hour).Err()
+	return cache.SeedEpochMarker(ctx, r.client, prefix, time.Hour)
 }
 
 // close closes the client and stops the redis-server hgbench started.

@@ -9,9 +9,10 @@
 // binary that dies takes its servers with it. Faults are injected with the
 // Server methods (Kill, Stop, Restart, Pause), the topologies' KillMaster and
 // a Cluster's KillMasterOf (the master of a key's slot). WaitFailover and
-// WaitPromotion poll until the topology has recovered; WaitFirstNamed and
-// WaitFirstPromoted return the moment it first showed the new master, as a
-// reference point for "within d of the promotion".
+// WaitPromotion poll until the topology has recovered; WaitFirstNamed (a
+// majority of the sentinels agreeing) and WaitFirstPromoted return the
+// moment it showed the new master, as a reference point for "within d of the
+// promotion".
 //
 // It is a test helper, imported only by tests. redis-server (7.0 or later)
 // must be on PATH: without it the test fails, it is not skipped.

@@ -341,8 +341,10 @@ func (s *Sentinel) WaitFailover(ctx context.Context, oldAddr string) (newAddr st
 // same master other than oldAddr (SENTINEL get-master-addr-by-name, what a
 // client asks; a single sentinel may name the pick of an attempt that a
 // later epoch overrides), and
-// returns that address and the time of the answer: the moment clients can
-// first find the new master, as closely as a poll every 25 ms tells it.
+// returns that address and the time of the answer: the moment the new
+// master is settled (a client that asked a single sentinel earlier may have
+// found it a little sooner), as closely as a poll every 25 ms tells it.
+// Bounds measured from it are so slightly looser than from the first answer.
 // The leader of the failover names the new master once that replica
 // reports itself a master, up to a second after the promotion (a
 // sentinel polls INFO once a second); the other sentinels follow later,

@@ -61,6 +61,10 @@ func fake(mode string) int {
 		}
 		fmt.Fprintf(os.Stderr, "{\"msg\":\"loaded\",\"home\":%q}\n", os.Getenv("HOME"))
 	})
+	// SIGINT is caught before anything listens: a Stop that follows the
+	// first successful probe must find the handler in place.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt)
 	go func() { _ = http.ListenAndServe(os.Getenv("FAKE_ADMIN"), mux) }()
 	site, err := net.Listen("tcp", os.Getenv("FAKE_SITE"))
 	if err != nil {
@@ -68,8 +72,6 @@ func fake(mode string) int {
 	}
 	defer site.Close()
 	fmt.Fprintln(os.Stderr, `{"msg":"started"}`)
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt)
 	<-stop
 	fmt.Fprintln(os.Stderr, `{"msg":"stopped"}`)
 	return 0
@@ -133,13 +135,14 @@ func TestStartLoadStop(t *testing.T) {
 func TestStartFailures(t *testing.T) {
 	for _, tc := range []struct {
 		mode, want string
+		ready      time.Duration // short only where the timeout is the point
 	}{
-		{"exit", "fake exited during start: exit status 3"},
-		{"deaf", "fake not ready after"},
+		{"exit", "fake exited during start: exit status 3", 30 * time.Second},
+		{"deaf", "fake not ready after", 500 * time.Millisecond},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			o := options(t, tc.mode)
-			o.ReadyTimeout = 500 * time.Millisecond
+			o.ReadyTimeout = tc.ready
 			_, err := Start(context.Background(), o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--- output (") {
 				t.Fatalf("Start: %v; want %q and the output's tail", err, tc.want)

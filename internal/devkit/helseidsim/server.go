@@ -43,7 +43,6 @@ type Options struct {
 type Server struct {
 	issuer string
 	clock  func() time.Time
-	ln     net.Listener
 	srv    *loopback.Server
 
 	outage      atomic.Bool
@@ -85,7 +84,6 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("helseidsim: listen: %w", err)
 	}
-	s.ln = ln
 	s.issuer = "http://" + ln.Addr().String()
 
 	mux := http.NewServeMux()
