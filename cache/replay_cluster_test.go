@@ -150,3 +150,32 @@ func (cs *clusterStore) lossList() []string {
 	defer cs.mu.Unlock()
 	return append([]string(nil), cs.losses...)
 }
+
+// TestRedisReplayClusterNewNodeClient: go-redis closes the client of a node
+// that left the slot map, and makes a new one if that address is a master
+// again. A shard left holding the closed client gives way to the new one
+// (verified again) instead of failing its keys until a restart.
+func TestRedisReplayClusterNewNodeClient(t *testing.T) {
+	const skew = 500 * time.Millisecond
+	cs := newClusterStore(t, "hg-cluster-client:", skew)
+	s := cs.s
+	addr := cs.cl.Masters[0].Addr
+	keys := cs.keysOf(t, addr, "jkt:c", 2, true)
+	iat := time.Now().Add(10 * time.Second) // after the first look's floor (now + skew), however slow the machine
+	if fresh, err := s.FirstUse(t.Context(), keys[0], iat, ttl); !fresh || err != nil {
+		t.Fatalf("first use: %v %v", fresh, err)
+	}
+	// What go-redis's node collection leaves a shard with: a closed client.
+	s.mu.Lock()
+	sh := s.shards[addr]
+	s.mu.Unlock()
+	closed := redis.NewClient(&redis.Options{Addr: addr})
+	_ = closed.Close()
+	sh.client = closed
+	if fresh, err := s.FirstUse(t.Context(), keys[1], iat, ttl); !fresh || err != nil {
+		t.Fatalf("a new proof on the shard whose client was closed: %v %v", fresh, err)
+	}
+	if fresh, err := s.FirstUse(t.Context(), keys[0], iat, ttl); fresh || err != nil {
+		t.Fatalf("a replay on that shard: %v %v", fresh, err)
+	}
+}

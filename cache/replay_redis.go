@@ -219,7 +219,9 @@ func (r *RedisReplay) verifiedShard(ctx context.Context, full string, issuedAt t
 	if err != nil {
 		return nil, r.failure(ctx, nil, err)
 	}
-	r.failingSince.Store(0)
+	if r.failingSince.Load() != 0 { // no write per request while it answers
+		r.failingSince.Store(0)
+	}
 	if issuedAt.UnixNano() < sh.floor.Load() {
 		return nil, sh.recovering()
 	}
@@ -242,7 +244,6 @@ func (sh *redisShard) setNX(ctx context.Context, full, val string, ttl time.Dura
 	for attempt := 0; ; attempt++ {
 		call := &replayCall{
 			cmd: redis.NewStatusCmd(ctx, "set", full, val, "px", ms, "nx"),
-			val: val,
 		}
 		err := sh.run(ctx, call)
 		if err == nil {
@@ -303,8 +304,21 @@ func (r *RedisReplay) shardFor(ctx context.Context, key string) (*redisShard, er
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	sh := r.shards[addr]
-	if sh == nil {
-		sh = &redisShard{r: r, node: addr, client: node, breaker: r.newBreaker(addr)}
+	if sh == nil || sh.client != redis.Cmdable(node) {
+		// go-redis closes the client of a node that left the slot map and
+		// makes a new one when the address comes back (a restarted master
+		// promoted again): a shard keeps the client it was made with, so a
+		// new client makes a new shard, verified before it is trusted. The
+		// breaker, the floor and the failing-since carry over.
+		next := &redisShard{r: r, node: addr, client: node}
+		if sh == nil {
+			next.breaker = r.newBreaker(addr)
+		} else {
+			next.breaker = sh.breaker
+			next.floor.Store(sh.floor.Load())
+			next.failingSince.Store(sh.failingSince.Load())
+		}
+		sh = next
 		r.shards[addr] = sh
 	}
 	return sh, nil
@@ -409,7 +423,6 @@ func (sh *redisShard) recovering() error {
 // replayCall is one FirstUse waiting for its batch.
 type replayCall struct {
 	cmd       *redis.StatusCmd
-	val       string
 	err       error     // the batch's error when its commands never ran
 	untrusted error     // set when the batch could not confirm the shard kept its records
 	turn      chan bool // true: send the next batch; false: the answer is in (nil for a call that led its batch)

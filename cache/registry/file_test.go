@@ -133,6 +133,8 @@ func TestNewFileRejects(t *testing.T) {
 		{"bad time", `{"authorizations":[` + rec(orgA, `,"valid_to":"tomorrow"`) + `]}`, "decoding"},
 		{"unknown field", `{"authorizations":[` + rec(orgA, `,"valid_too":"2026-01-01T00:00:00Z"`) + `]}`, "unknown field"},
 		{"missing authorizations", `{}`, "missing"},
+		{"member twice", `{"authorizations":[` + rec(orgA, `,"member":false`) + `]}`, "twice"},
+		{"member and MEMBER", `{"authorizations":[` + rec(orgA, `,"MEMBER":false`) + `]}`, "MEMBER"},
 		{"trailing data", `{"authorizations":[]} {}`, "after the top-level object"},
 		{"empty file", ``, "decoding"},
 	}
